@@ -1,0 +1,448 @@
+"""The long-running service: wires transport -> handler -> transport, and nothing more.
+
+Command line compatible with ``hv_kvp_daemon`` (``-n``, ``-h``, ``-d``; an unknown option exits 1)
+plus our own options. The loop blocks in ``poll`` with no timeout while idle (no wake-ups unless
+systemd asked for a watchdog), survives device errors by reopening and re-registering with
+bounded backoff, and on SIGTERM finishes the request in hand before exiting 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from typing import List, Optional
+
+from . import __version__, transport
+from .handler import Handler
+from .pools import PoolDir, PoolError
+
+log = logging.getLogger("pykvpd")
+
+DEFAULT_DEVICE = "/dev/vmbus/hv_kvp"
+PROCESS_NAME = "hv_kvp_daemon"  # LISA and WALinuxAgent look the daemon up by this name
+LATE_REPLY_SECONDS = (
+    28.0  # the kernel gives up at 30 s; a later reply would answer the next request
+)
+REOPEN_GIVE_UP_SECONDS = 300.0
+STATUS_EVERY_SECONDS = 1.0
+
+SUBCOMMANDS = ("simulate", "status")
+
+
+class UsageError(Exception):
+    """Bad command line: the C daemon prints its usage and exits 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hv_kvp_daemon",
+        description="Hyper-V Key-Value Pair (KVP) guest daemon (pykvpd).",
+        epilog="Subcommands: 'pykvpd simulate' (host simulator), 'pykvpd status'.",
+    )
+    parser.add_argument("-n", "--no-daemon", action="store_true", help="stay in the foreground")
+    parser.add_argument(
+        "-d", "--debug", action="store_true", help="log one line per host operation"
+    )
+    parser.add_argument(
+        "--debug-values", action="store_true", help="with -d, also log values (may be secrets)"
+    )
+    parser.add_argument("--pool-dir", help="pool directory (default /var/lib/hyperv)")
+    parser.add_argument(
+        "--device",
+        default=DEFAULT_DEVICE,
+        help="KVP device, or a SOCK_SEQPACKET socket of a simulator (default %(default)s)",
+    )
+    parser.add_argument(
+        "--wait-device",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long for the device to appear (default 0: exit 1 if absent)",
+    )
+    parser.add_argument("--config", default="/etc/pykvpd.conf", help="config file (optional)")
+    parser.add_argument("--ip-injection", choices=("off", "dry-run", "on"), help="SET_IP_INFO mode")
+    parser.add_argument(
+        "--status-file", default="/run/pykvpd/status.json", help="where 'pykvpd status' looks"
+    )
+    parser.add_argument("--version", action="version", version=f"pykvpd {__version__}")
+    return parser
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+class Daemon:
+    """State of one running daemon: its pools, its channel to the kernel, its counters."""
+
+    def __init__(self, args: argparse.Namespace, config) -> None:  # noqa: ANN001
+        from . import service
+        from .intrinsic import Intrinsic
+
+        self.args = args
+        self.config = config
+        self.debug = bool(args.debug or config.debug)
+        self.debug_values = bool(args.debug_values or config.debug_values)
+        self.notifier = service.Notifier()
+        self._service = service
+        pool_dir = args.pool_dir or config.pool_dir
+        self.pools = PoolDir(pool_dir, create=True, mode=config.pool_file_mode, watch=True)
+        self.pools.init_files()
+        self.intrinsic = Intrinsic(exclude_ifaces=tuple(config.exclude_interfaces))
+        self.handler = Handler(self.pools, self.intrinsic, self._netconfig(pool_dir))
+        self.channel: Optional[transport.Channel] = None
+        self.stopping = False
+        self.reload_requested = False
+        self.host_ops = 0
+        self.last_op = ""
+        self.last_error = ""
+        self.registered_since: Optional[float] = None
+        self._status_due: Optional[float] = None
+        self._status_file = None
+        self._status_path = args.status_file
+        self._wakeup_r: Optional[int] = None
+
+    def _netconfig(self, pool_dir: str):  # noqa: ANN202
+        mode = self.args.ip_injection or self.config.ip_injection
+        try:
+            from .netconfig import NetConfig
+        except ImportError as exc:
+            log.warning("IP configuration unavailable (%s): GET/SET_IP_INFO answer HV_E_FAIL", exc)
+            return None
+        return NetConfig(state_dir=pool_dir, injection=mode)
+
+    # ----------------------------------------------------------------- channel
+
+    def connect(self, first: bool) -> None:
+        """Open the device (waiting for it if allowed) and register; raises on fatal errors."""
+        device = self.args.device
+        wait = self.args.wait_device if self.args.wait_device is not None else 0.0
+        if first and wait > 0 and not os.path.exists(device):
+            log.info("waiting up to %g s for %s", wait, device)
+            if not transport.wait_for_device(device, wait):
+                raise transport.DeviceMissing(f"{device} did not appear within {wait:g} s")
+        self.channel = transport.open_channel(device)
+        version = self.channel.register()
+        self.intrinsic.integration_services_version = version
+        self.registered_since = time.time()
+        log.info("registered with the kernel on %s; IntegrationServicesVersion %s", device, version)
+
+    def reconnect(self) -> None:
+        """Close, reopen and re-register with bounded exponential backoff."""
+        self._close_channel()
+        delay, deadline = 0.05, time.monotonic() + REOPEN_GIVE_UP_SECONDS
+        while not self.stopping:
+            try:
+                self.connect(first=False)
+                self._update_status(force=True)
+                return
+            except transport.DeviceBusy:
+                raise
+            except (OSError, transport.TransportError) as exc:
+                self._close_channel()
+                if time.monotonic() + delay > deadline:
+                    raise transport.TransportError(
+                        f"cannot reopen {self.args.device} for {REOPEN_GIVE_UP_SECONDS:g} s: {exc}"
+                    ) from None
+                log.warning(
+                    "reopening %s failed (%s); retrying in %.2f s", self.args.device, exc, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            with contextlib.suppress(OSError):
+                self.channel.close()
+            self.channel = None
+        self.registered_since = None
+
+    # ----------------------------------------------------------------- serving
+
+    def serve_one(self) -> None:
+        """Read one request, answer it; transport errors lead to a reopen, never to an exit."""
+        assert self.channel is not None
+        try:
+            msg = self.channel.read()
+        except transport.TransportError as exc:
+            log.warning("read from %s failed (%s); reopening", self.args.device, exc)
+            self.last_error = f"read: {exc}"
+            self.reconnect()
+            return
+        started = time.monotonic()
+        outcome = self.handler.handle(msg)
+        self.host_ops += 1
+        self.last_op = outcome.op
+        if outcome.error:
+            self.last_error = f"{outcome.op}: {outcome.error}"
+            log.warning(
+                "%s on pool %s answered %s: %s",
+                outcome.op,
+                outcome.pool,
+                _status_name(outcome.status),
+                outcome.error,
+            )
+        if self.debug:
+            self._service.log_operation(
+                log,
+                outcome.op,
+                outcome.pool,
+                outcome.key,
+                outcome.status,
+                outcome.value,
+                self.debug_values,
+            )
+        if time.monotonic() - started > LATE_REPLY_SECONDS:
+            log.error(
+                "%s took too long; the kernel has given up on it: reopening instead of "
+                "answering the next request with this reply",
+                outcome.op,
+            )
+            self.reconnect()
+            return
+        try:
+            self.channel.write(outcome.reply)
+        except transport.TransportError as exc:
+            log.warning("write to %s failed (%s); reopening", self.args.device, exc)
+            self.last_error = f"write: {exc}"
+            self.reconnect()
+        self._status_due = self._status_due or time.monotonic()
+
+    def run(self) -> int:
+        self.connect(first=True)
+        self.notifier.ready(self._status_text())
+        self._update_status(force=True)
+        watchdog = self.notifier.watchdog_interval()
+        while not self.stopping:
+            if self.reload_requested:
+                self._reload()
+            timeout = self._poll_timeout(watchdog)
+            ready = self._wait(timeout)
+            if watchdog is not None:
+                self.notifier.watchdog()
+            if self.stopping:
+                break
+            if ready:
+                self.serve_one()
+            self._update_status()
+        self.notifier.stopping()
+        self._update_status(force=True)
+        self._close_channel()
+        return 0
+
+    def _wait(self, timeout: Optional[float]) -> bool:
+        """Block until a request is queued, a signal arrives, or the timeout passes.
+
+        Signals wake us through the wake-up pipe (Python would otherwise retry the poll after
+        running the handler, and SIGTERM would wait for the next host request).
+        """
+        assert self.channel is not None
+        poller = select.poll()
+        poller.register(self.channel.fileno(), select.POLLIN)
+        if self._wakeup_r is not None:
+            poller.register(self._wakeup_r, select.POLLIN)
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        try:
+            events = poller.poll(ms)
+        except OSError as exc:
+            log.warning("poll on %s failed (%s); reopening", self.args.device, exc)
+            self.reconnect()
+            return False
+        ready = False
+        for fd, _mask in events:
+            if fd == self._wakeup_r:
+                _drain(fd)
+            else:
+                ready = True  # POLLIN, or POLLERR/POLLHUP: the read reports it and we reopen
+        return ready
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT stop after the request in hand; SIGHUP reloads the config."""
+
+        def stop(signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        def hup(signum: int, _frame: object) -> None:
+            self.reload_requested = True
+
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup_r = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def _poll_timeout(self, watchdog: Optional[float]) -> Optional[float]:
+        timeouts = []
+        if watchdog is not None:
+            timeouts.append(watchdog)
+        if self._status_due is not None:
+            timeouts.append(max(0.0, self._status_due + STATUS_EVERY_SECONDS - time.monotonic()))
+        return min(timeouts) if timeouts else None
+
+    # ----------------------------------------------------------------- status / config
+
+    def _status_text(self) -> str:
+        state = "registered" if self.registered_since else "not registered"
+        last = f", last {self.last_op}" if self.last_op else ""
+        return f"{state}; pools in {self.pools.directory}; {self.host_ops} host operations{last}"
+
+    def _update_status(self, force: bool = False) -> None:
+        """Publish STATUS= and the status file at most once a second, and once when idle."""
+        now = time.monotonic()
+        if not force and (
+            self._status_due is None or now - self._status_due < STATUS_EVERY_SECONDS
+        ):
+            return
+        self._status_due = None
+        self.notifier.status(self._status_text())
+        if self._status_file is None:
+            try:
+                from .status import StatusFile
+            except ImportError:
+                return
+            self._status_file = StatusFile(self._status_path)
+        self._status_file.update(
+            pid=os.getpid(),
+            registered=self.registered_since is not None,
+            registered_since=self.registered_since,
+            version=self.intrinsic.integration_services_version,
+            host_ops=self.host_ops,
+            last_op=self.last_op,
+            last_error=self.last_error,
+            pool_dir=self.pools.directory,
+        )
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config file; pool directory and device changes need a restart."""
+        self.reload_requested = False
+        from .config import ConfigError, load_config
+
+        try:
+            config = load_config(self.args.config)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the old configuration: %s", exc)
+            return
+        self.config = config
+        self.debug = bool(self.args.debug or config.debug)
+        self.debug_values = bool(self.args.debug_values or config.debug_values)
+        self.intrinsic.exclude_ifaces = tuple(config.exclude_interfaces)
+        self.handler.netconfig = self._netconfig(self.pools.directory)
+        logging.getLogger().setLevel(logging.DEBUG if self.debug else logging.INFO)
+        log.info("configuration reloaded from %s", self.args.config)
+
+    def close(self) -> None:
+        self._close_channel()
+        self.pools.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _status_name(status: int) -> str:
+    from .protocol import STATUS_NAMES
+
+    return STATUS_NAMES.get(status, f"0x{status:08x}")
+
+
+# --------------------------------------------------------------------------- process set-up
+
+
+def _daemonize() -> None:
+    """Detach like daemon(1, 0): keep the working directory, stdio to /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommand(argv[0], argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"hv_kvp_daemon: {exc}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # -h / --version
+        return int(exc.code or 0)
+    return _run(args)
+
+
+def _subcommand(name: str, argv: List[str]) -> int:
+    if name == "simulate":
+        from .simulator.cli import main as simulate
+
+        return simulate(argv)
+    from .status import main_status
+
+    return main_status(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import service
+    from .config import ConfigError, load_config
+
+    service.setup_logging(bool(args.debug))
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    if config.debug:
+        logging.getLogger().setLevel(logging.DEBUG)
+    if not args.no_daemon:
+        _daemonize()
+    transport.set_process_name(PROCESS_NAME)
+    log.info("pykvpd %s starting; pid is %d", __version__, os.getpid())
+    try:
+        daemon = Daemon(args, config)
+    except PoolError as exc:
+        log.error("cannot initialise the pools: %s", exc)
+        return 1
+    daemon.install_signals()
+    try:
+        return daemon.run()
+    except transport.DeviceBusy as exc:
+        log.error(
+            "%s is busy: another KVP daemon (hv_kvp_daemon or hypervkvpd) owns it; "
+            "stop it first (%s)",
+            args.device,
+            exc,
+        )
+        return 1
+    except transport.DeviceMissing as exc:
+        log.error("no KVP device: %s (is this a Hyper-V guest with hv_utils loaded?)", exc)
+        return 1
+    except (transport.TransportError, OSError) as exc:
+        log.error("giving up on %s: %s", args.device, exc)
+        return 1
+    finally:
+        daemon.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Decides the reply to one host request: where a host SET lands, and what ENUMERATE returns.
+
+The daemon loop hands every 7432-byte message to ``Handler.handle`` and writes back the reply it
+returns. Nothing here touches the device; the pool files are reached through ``pools`` and the
+generated Auto pool through ``intrinsic``, so the whole decision is testable without a kernel.
+
+Status mapping (spec §1.3, §9 row 28):
+* malformed requests (no kernel would send them: bad length, unknown operation, pool >= 5, sizes
+  outside the fields, strings without NUL) -> HV_E_FAIL; the C daemon crashed or misbehaved here;
+* not found / end of enumeration / pool file failure -> HV_S_CONT, as the C daemon;
+* IP operations that fail -> HV_E_FAIL (or the netconfig status).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+from . import protocol as p
+from .pools import PoolDir, PoolError
+
+log = logging.getLogger(__name__)
+
+
+class IntrinsicSource(Protocol):
+    def item(self, index: int) -> Optional[tuple]: ...
+
+
+class NetConfigSource(Protocol):
+    def get_ip_info(self, request: p.IpInfo) -> tuple: ...
+
+    def set_ip_info(self, request: p.IpInfo) -> int: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The reply to write plus what the daemon logs about it (values only when asked to)."""
+
+    reply: bytes
+    op: str
+    status: int
+    pool: Optional[int] = None
+    key: Optional[str] = None
+    value: Optional[str] = None
+    error: Optional[str] = None
+
+
+def _text(raw: Optional[bytes]) -> Optional[str]:
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+class Handler:
+    """Turns request bytes into reply bytes; never raises for anything the host can send."""
+
+    def __init__(
+        self,
+        pools: PoolDir,
+        intrinsic: IntrinsicSource,
+        netconfig: Optional[NetConfigSource] = None,
+    ) -> None:
+        self.pools = pools
+        self.intrinsic = intrinsic
+        self.netconfig = netconfig
+
+    def handle(self, msg: bytes) -> Outcome:
+        try:
+            request = p.decode_request(msg)
+        except p.MalformedMessage as exc:
+            op, pool = p.header(msg) if len(msg) >= 2 else (-1, None)
+            name = p.OP_NAMES.get(op, f"op {op}")
+            return Outcome(
+                p.encode_status(msg, p.HV_E_FAIL), name, p.HV_E_FAIL, pool, None, None, str(exc)
+            )
+        if isinstance(request, p.EnumerateRequest):
+            return self._enumerate(msg, request)
+        if isinstance(request, p.IpRequest):
+            return self._ip(msg, request)
+        return self._key_op(msg, request)
+
+    # ----------------------------------------------------------------- pools
+
+    def _key_op(self, msg: bytes, req: p.KeyRequest) -> Outcome:
+        name = p.OP_NAMES[req.op]
+        key = _text(req.key)
+        pool = self.pools.pool(req.pool)
+        try:
+            if req.op == p.OP_SET:
+                pool.set(req.key, req.value)
+                return Outcome(
+                    p.encode_status(msg, p.HV_S_OK),
+                    name,
+                    p.HV_S_OK,
+                    req.pool,
+                    key,
+                    _text(req.value),
+                )
+            if req.op == p.OP_GET:
+                value = pool.get(req.key)
+                if value is None:
+                    return Outcome(
+                        p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool, key
+                    )
+                return Outcome(
+                    p.encode_value(msg, value), name, p.HV_S_OK, req.pool, key, _text(value)
+                )
+            found = pool.delete(req.key)
+            status = p.HV_S_OK if found else p.HV_S_CONT
+            return Outcome(p.encode_status(msg, status), name, status, req.pool, key)
+        except PoolError as exc:
+            return Outcome(
+                p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool, key, None, str(exc)
+            )
+
+    def _enumerate(self, msg: bytes, req: p.EnumerateRequest) -> Outcome:
+        name = "ENUMERATE"
+        if req.pool == p.POOL_AUTO:
+            item = self.intrinsic.item(req.index)
+            if item is None:
+                return Outcome(p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool)
+            key, value = item
+            reply = p.encode_key_value(msg, key.encode("utf-8"), value.encode("utf-8"))
+            return Outcome(reply, name, p.HV_S_OK, req.pool, key, value)
+        try:
+            record = self.pools.pool(req.pool).enumerate(req.index)
+        except PoolError as exc:
+            return Outcome(
+                p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool, None, None, str(exc)
+            )
+        if record is None:
+            return Outcome(p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool)
+        reply = p.encode_key_value(msg, record.key, record.value)
+        return Outcome(reply, name, p.HV_S_OK, req.pool, record.text_key, record.text_value)
+
+    # ----------------------------------------------------------------- IP configuration
+
+    def _ip(self, msg: bytes, req: p.IpRequest) -> Outcome:
+        name = p.OP_NAMES[req.op]
+        if self.netconfig is None:
+            error = "IP configuration is not available in this daemon"
+            return Outcome(
+                p.encode_status(msg, p.HV_E_FAIL),
+                name,
+                p.HV_E_FAIL,
+                None,
+                req.info.adapter_id,
+                None,
+                error,
+            )
+        if req.op == p.OP_GET_IP_INFO:
+            status, info = self.netconfig.get_ip_info(req.info)
+            if status == p.HV_S_OK and info is not None:
+                return Outcome(p.encode_ip_info(msg, info), name, status, None, req.info.adapter_id)
+            return Outcome(p.encode_status(msg, status), name, status, None, req.info.adapter_id)
+        status = self.netconfig.set_ip_info(req.info)
+        return Outcome(p.encode_status(msg, status), name, status, None, req.info.adapter_id)
