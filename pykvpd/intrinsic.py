@@ -1,0 +1,418 @@
+"""The Auto pool (pool 2): the ten key/value pairs the guest generates for the host's ENUMERATE.
+
+The host walks index 0, 1, 2, ... and stops at the first non-OK status; ``Intrinsic.item`` answers
+one index with ``(key, value)`` or None past the end. Values follow the C daemon (spec §5) so the
+host sees the same data, with two documented improvements (spec §9 rows 16 and 17):
+
+* NetworkAddressIPv4/IPv6 lists are capped at whole addresses within the 1022 characters the
+  kernel passes on; the C daemon's lists were cut mid-address by the kernel instead.
+* FullyQualifiedDomainName is resolved lazily with a short timeout, cached, and refreshed when the
+  hostname changes or the cache ages; on failure it is the plain hostname. The C daemon resolved
+  it once at start-up (often before networking) and reported an error text on failure.
+
+A third, opt-in difference: interfaces matching ``exclude_ifaces`` patterns (for example
+``docker*``) are left out of the address lists; with the default (no patterns) the lists equal C's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
+
+from . import ifaddrs
+
+log = logging.getLogger(__name__)
+
+# Index -> key, the fixed table of spec §5.1. Spelling is part of the host interface.
+AUTO_KEYS: Tuple[str, ...] = (
+    "FullyQualifiedDomainName",
+    "IntegrationServicesVersion",
+    "NetworkAddressIPv4",
+    "NetworkAddressIPv6",
+    "OSBuildNumber",
+    "OSName",
+    "OSMajorVersion",
+    "OSMinorVersion",
+    "OSVersion",
+    "ProcessorArchitecture",
+)
+
+# The kernel converts a value to at most 1022 UTF-16 units for the host; more is cut silently.
+MAX_HOST_VALUE_CHARS = 1022
+
+# The C daemon reads its release files with fgets() into a 512-byte buffer: a longer line arrives
+# as several chunks of at most 511 bytes, each parsed as a line of its own.
+_FGETS_CHUNK = 511
+
+DEFAULT_FQDN_TIMEOUT = 2.0
+DEFAULT_FQDN_TTL = 300.0
+DEFAULT_FQDN_RETRY = 30.0  # a failed lookup (e.g. network not up yet) is retried sooner
+
+
+class UnameResult(Protocol):
+    """The three fields of ``os.uname()`` the Auto pool uses (what an injected uname returns)."""
+
+    sysname: str
+    release: str
+    machine: str
+
+
+@dataclass(frozen=True)
+class OsInfo:
+    """The OS values of the Auto pool, computed once (they only change with a reboot)."""
+
+    name: str  # OSName
+    major_version: str  # OSMajorVersion
+    minor_version: str  # OSMinorVersion
+    version: str  # OSVersion: release cut at the first '-'
+    build_number: str  # OSBuildNumber: the full kernel release
+    architecture: str  # ProcessorArchitecture
+
+
+# ------------------------------------------------------------------------------- OS info
+
+
+def fgets_lines(data: bytes) -> List[bytes]:
+    """Split file contents the way repeated ``fgets(buf, 512, f)`` calls see them.
+
+    Each chunk ends after a newline or after 511 bytes, and is then cut at its first NUL, as
+    the C string functions that process it would.
+    """
+    chunks: List[bytes] = []
+    pos = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos, pos + _FGETS_CHUNK)
+        end = newline + 1 if newline >= 0 else min(pos + _FGETS_CHUNK, len(data))
+        chunks.append(data[pos:end].split(b"\0", 1)[0])
+        pos = end
+    return chunks
+
+
+def _unquote(value: bytes) -> bytes:
+    """The C daemon's value clean-up: delete every quote and newline; backslash escapes one byte."""
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        byte = value[i : i + 1]
+        if byte == b"\\":
+            if i + 1 >= len(value):
+                break  # a trailing backslash ends the value
+            out += value[i + 1 : i + 2]
+            i += 2
+            continue
+        if byte not in (b'"', b"'", b"\n"):
+            out += byte
+        i += 1
+    return bytes(out)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def parse_os_release(data: bytes) -> Tuple[Optional[str], Optional[str]]:
+    """(NAME, VERSION_ID) from os-release contents with the C daemon's rules; None when absent.
+
+    Lines starting with ``#`` or without ``=`` are skipped; the name is everything before the
+    first ``=`` compared exactly (no trimming); later occurrences override earlier ones.
+    """
+    name: Optional[str] = None
+    version_id: Optional[str] = None
+    for line in fgets_lines(data):
+        if line.startswith(b"#") or b"=" not in line:
+            continue
+        key, value = line.split(b"=", 1)
+        if key == b"NAME":
+            name = _text(_unquote(value))
+        elif key == b"VERSION_ID":
+            version_id = _text(_unquote(value))
+    return name, version_id
+
+
+def parse_release_file(data: bytes) -> List[str]:
+    """The first three lines of a SuSE-release / redhat-release file, newline stripped."""
+    return [_text(line.split(b"\n", 1)[0]) for line in fgets_lines(data)[:3]]
+
+
+def _read_optional(path: str) -> Optional[bytes]:
+    """File contents, or None when it cannot be opened (the C daemon's fopen() == NULL)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read %s, ignoring it: %s", path, exc)
+        return None
+
+
+def compute_os_info(uname: UnameResult, os_release: str, etc_dir: str) -> OsInfo:
+    """Spec §5.2: os-release if it exists (nothing else then), else SuSE- or redhat-release.
+
+    Without any of them OSName is the uname sysname ("Linux") and the versions are empty.
+    """
+    name, major, minor = uname.sysname, "", ""
+    data = _read_optional(os_release)
+    if data is not None:
+        os_name, version_id = parse_os_release(data)
+        name = os_name if os_name is not None else name
+        major = version_id if version_id is not None else major
+    else:
+        for release_file in ("SuSE-release", "redhat-release"):
+            data = _read_optional(os.path.join(etc_dir, release_file))
+            if data is not None:
+                lines = parse_release_file(data) + ["", "", ""]
+                # A line the file does not have keeps the previous value (C: fgets() == NULL).
+                name = lines[0] if len(data) else name
+                major, minor = lines[1], lines[2]
+                break
+    return OsInfo(
+        name=name,
+        major_version=major,
+        minor_version=minor,
+        version=uname.release.split("-", 1)[0],
+        build_number=uname.release,
+        architecture=uname.machine,
+    )
+
+
+# ------------------------------------------------------------------------- addresses
+
+
+def join_addresses(addresses: Iterable[str], limit: int = MAX_HOST_VALUE_CHARS) -> str:
+    """``;``-joined addresses, stopping before the first one that would exceed ``limit`` chars."""
+    joined = ""
+    for address in addresses:
+        candidate = f"{joined};{address}" if joined else address
+        if len(candidate) > limit:
+            break
+        joined = candidate
+    return joined
+
+
+def select_addresses(
+    entries: Iterable[ifaddrs.IfAddr], family: int, exclude_ifaces: Sequence[str] = ()
+) -> List[str]:
+    """Addresses of one family in the given order; loopback-flagged and excluded interfaces skipped.
+
+    Down interfaces, link-local and duplicate addresses stay, as in the C daemon.
+    """
+    return [
+        entry.address
+        for entry in entries
+        if entry.family == family
+        and not entry.is_loopback
+        and not any(fnmatch.fnmatchcase(entry.ifname, pattern) for pattern in exclude_ifaces)
+    ]
+
+
+# ------------------------------------------------------------------------------ FQDN
+
+
+def resolve_canonical_name(hostname: str) -> str:
+    """``getaddrinfo(hostname, AF_INET, AI_CANONNAME)``'s canonical name ("" when there is none)."""
+    results = socket.getaddrinfo(
+        hostname, None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_CANONNAME
+    )
+    return results[0][3] if results else ""
+
+
+@dataclass(frozen=True)
+class _Cached:
+    host: str
+    value: str
+    expires: float
+    resolved: bool  # False when the value is only the hostname after a failed lookup
+
+
+class _Lookup:
+    """One background resolution of one hostname."""
+
+    def __init__(self, host: str, started: float) -> None:
+        self.host = host
+        self.started = started
+        self.done = threading.Event()
+
+
+class Intrinsic:
+    """The Auto pool's values; ``item(index)`` answers the host's ENUMERATE of pool 2.
+
+    OS info is read once, on first use. Address lists are recomputed on every request. The
+    FQDN never makes a request wait more than ``fqdn_timeout`` seconds: a lookup runs in a daemon
+    thread; until it answers (or when it fails) the value is the plain hostname, and a stale
+    cached value is served while a refresh runs in the background.
+    """
+
+    def __init__(
+        self,
+        *,
+        os_release: str = "/etc/os-release",
+        etc_dir: str = "/etc",
+        exclude_ifaces: Sequence[str] = (),
+        fqdn_timeout: float = DEFAULT_FQDN_TIMEOUT,
+        fqdn_ttl: float = DEFAULT_FQDN_TTL,
+        fqdn_retry: float = DEFAULT_FQDN_RETRY,
+        uname: Callable[[], UnameResult] = os.uname,
+        hostname: Callable[[], str] = socket.gethostname,
+        resolver: Callable[[str], str] = resolve_canonical_name,
+        addresses: Callable[[], Sequence[ifaddrs.IfAddr]] = ifaddrs.getifaddrs,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.integration_services_version = "Unknown version"
+        self._os_release = os_release
+        self._etc_dir = etc_dir
+        if isinstance(exclude_ifaces, (str, bytes)):
+            raise TypeError("exclude_ifaces must be a sequence of patterns, not one string")
+        self._exclude_ifaces = tuple(exclude_ifaces)
+        self._fqdn_timeout = fqdn_timeout
+        self._fqdn_ttl = fqdn_ttl
+        self._fqdn_retry = fqdn_retry
+        self._uname = uname
+        self._hostname = hostname
+        self._resolver = resolver
+        self._addresses = addresses
+        self._clock = clock
+        self._os_info: Optional[OsInfo] = None
+        self._lock = threading.Lock()
+        self._cache: Optional[_Cached] = None
+        self._lookup: Optional[_Lookup] = None
+        self._wanted_host: Optional[str] = None
+        self._last_address_error: Optional[str] = None
+
+    # -- public
+
+    def item(self, index: int) -> Optional[Tuple[str, str]]:
+        """(key, value) for index 0..9; None past the end (the caller answers HV_S_CONT)."""
+        if not 0 <= index < len(AUTO_KEYS):
+            return None
+        return AUTO_KEYS[index], self._value(index)
+
+    def items(self) -> List[Tuple[str, str]]:
+        """All ten pairs in index order (for ``kvp`` listings and status)."""
+        return [(key, self._value(index)) for index, key in enumerate(AUTO_KEYS)]
+
+    @property
+    def os_info(self) -> OsInfo:
+        if self._os_info is None:
+            self._os_info = compute_os_info(self._uname(), self._os_release, self._etc_dir)
+        return self._os_info
+
+    def network_addresses(self, family: int) -> str:
+        """The NetworkAddressIPv4 (AF_INET) or NetworkAddressIPv6 (AF_INET6) value.
+
+        When ``getifaddrs()`` fails the value is empty and the error is logged (the C daemon
+        sent the text "getifaddrs failed" to the host instead).
+        """
+        try:
+            entries = self._addresses()
+        except OSError as exc:
+            message = str(exc)
+            if message != self._last_address_error:  # one log line per distinct failure
+                log.warning("cannot list interface addresses: %s", message)
+            self._last_address_error = message
+            return ""
+        self._last_address_error = None
+        return join_addresses(select_addresses(entries, family, self._exclude_ifaces))
+
+    def fqdn(self) -> str:
+        """FullyQualifiedDomainName: cached canonical name, else the hostname; never blocks long.
+
+        A lookup that hangs is not started again for the same hostname until it returns
+        (``getaddrinfo`` has its own resolver timeouts); requests meanwhile get the hostname.
+        """
+        host = self._current_hostname()
+        now = self._clock()
+        with self._lock:
+            self._wanted_host = host
+            cached = self._cache if self._cache is not None and self._cache.host == host else None
+            if cached is not None and now < cached.expires:
+                return cached.value
+            lookup = self._lookup
+            if lookup is None or lookup.host != host:
+                lookup = self._start_lookup(host, now)
+        if cached is not None:
+            return cached.value  # stale: serve it while the refresh runs
+        lookup.done.wait(max(0.0, lookup.started + self._fqdn_timeout - now))
+        with self._lock:
+            if self._cache is not None and self._cache.host == host:
+                return self._cache.value
+        return host
+
+    def wait_fqdn(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a running FQDN lookup; True when none is running any more.
+
+        For one-shot callers (a CLI listing wants the resolved name, not the fallback) and tests;
+        the daemon never calls it.
+        """
+        with self._lock:
+            lookup = self._lookup
+        return lookup is None or lookup.done.wait(timeout)
+
+    # -- internals
+
+    def _value(self, index: int) -> str:
+        if index == 0:
+            return self.fqdn()
+        if index == 1:
+            return self.integration_services_version
+        if index == 2:
+            return self.network_addresses(socket.AF_INET)
+        if index == 3:
+            return self.network_addresses(socket.AF_INET6)
+        info = self.os_info
+        return (
+            info.build_number,
+            info.name,
+            info.major_version,
+            info.minor_version,
+            info.version,
+            info.architecture,
+        )[index - 4]
+
+    def _current_hostname(self) -> str:
+        try:
+            return self._hostname()
+        except OSError as exc:
+            log.warning("gethostname() failed: %s", exc)
+            return ""
+
+    def _start_lookup(self, host: str, now: float) -> _Lookup:
+        """Start resolving ``host`` in a daemon thread (caller holds the lock)."""
+        lookup = _Lookup(host, now)
+        self._lookup = lookup
+        thread = threading.Thread(
+            target=self._run_lookup, args=(lookup,), name="pykvpd-fqdn", daemon=True
+        )
+        thread.start()
+        return lookup
+
+    def _run_lookup(self, lookup: _Lookup) -> None:
+        try:
+            value = self._resolver(lookup.host) or lookup.host
+            resolved = True
+        except Exception as exc:  # any resolver failure means "use the hostname"
+            log.info("FQDN lookup of %r failed, using the hostname: %s", lookup.host, exc)
+            value = lookup.host
+            resolved = False
+        with self._lock:
+            if self._lookup is lookup:
+                self._lookup = None
+            if lookup.host == self._wanted_host:
+                self._store(lookup.host, value, resolved)
+        lookup.done.set()
+
+    def _store(self, host: str, value: str, resolved: bool) -> None:
+        """Cache a lookup result; a failure keeps an earlier good name for the same host."""
+        now = self._clock()
+        old = self._cache
+        if not resolved and old is not None and old.host == host and old.resolved:
+            self._cache = _Cached(host, old.value, now + self._fqdn_retry, True)
+            return
+        ttl = self._fqdn_ttl if resolved else self._fqdn_retry
+        self._cache = _Cached(host, value, now + ttl, resolved)
