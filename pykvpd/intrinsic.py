@@ -267,9 +267,7 @@ class Intrinsic:
         self.integration_services_version = "Unknown version"
         self._os_release = os_release
         self._etc_dir = etc_dir
-        if isinstance(exclude_ifaces, (str, bytes)):
-            raise TypeError("exclude_ifaces must be a sequence of patterns, not one string")
-        self._exclude_ifaces = tuple(exclude_ifaces)
+        self.exclude_ifaces = exclude_ifaces  # the setter validates and makes a tuple
         self._fqdn_timeout = fqdn_timeout
         self._fqdn_ttl = fqdn_ttl
         self._fqdn_retry = fqdn_retry
@@ -296,6 +294,17 @@ class Intrinsic:
     def items(self) -> List[Tuple[str, str]]:
         """All ten pairs in index order (for ``kvp`` listings and status)."""
         return [(key, self._value(index)) for index, key in enumerate(AUTO_KEYS)]
+
+    @property
+    def exclude_ifaces(self) -> Tuple[str, ...]:
+        """fnmatch patterns of interfaces left out of the address lists; assignable (SIGHUP)."""
+        return self._exclude_ifaces
+
+    @exclude_ifaces.setter
+    def exclude_ifaces(self, patterns: Sequence[str]) -> None:
+        if isinstance(patterns, (str, bytes)):
+            raise TypeError("exclude_ifaces must be a sequence of patterns, not one string")
+        self._exclude_ifaces = tuple(patterns)
 
     @property
     def os_info(self) -> OsInfo:

@@ -540,3 +540,20 @@ def test_first_lookup_failure_is_retried_after_the_retry_delay(tmp_path: Path) -
 def test_exclude_ifaces_rejects_a_bare_string(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="sequence of patterns"):
         make(tmp_path, exclude_ifaces="docker*")
+    intrinsic = make(tmp_path)
+    with pytest.raises(TypeError, match="sequence of patterns"):
+        intrinsic.exclude_ifaces = "docker*"  # type: ignore[assignment]
+    assert intrinsic.exclude_ifaces == ()
+
+
+def test_exclude_ifaces_can_be_changed_at_run_time(tmp_path: Path) -> None:
+    # The daemon reassigns it on SIGHUP; the next request must use the new patterns.
+    entries = [
+        IfAddr("eth0", V4, "192.0.2.10", 24, IFF_UP),
+        IfAddr("docker0", V4, "172.17.0.1", 16, IFF_UP),
+    ]
+    intrinsic = make(tmp_path, addresses=lambda: entries)
+    assert intrinsic.item(2)[1] == "192.0.2.10;172.17.0.1"
+    intrinsic.exclude_ifaces = ["docker*"]
+    assert intrinsic.exclude_ifaces == ("docker*",)
+    assert intrinsic.item(2)[1] == "192.0.2.10"
