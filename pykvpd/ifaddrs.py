@@ -9,7 +9,6 @@ address). Calling libc through ctypes keeps that order and its quirks (IPv4 alia
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ def _load_libc() -> ctypes.CDLL:
     """libc with errno capture; loaded on first use so importing this module never fails."""
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)  # libc is mapped; find_library forks ldconfig
         lib.getifaddrs.argtypes = [ctypes.POINTER(ctypes.POINTER(_Ifaddrs))]
         lib.getifaddrs.restype = ctypes.c_int
         lib.freeifaddrs.argtypes = [ctypes.POINTER(_Ifaddrs)]
