@@ -1,0 +1,230 @@
+"""sd_notify over fake NOTIFY_SOCKETs, journal fields through a recording sender, logging set-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import types
+import uuid
+
+import pytest
+
+from pykvpd import service
+from pykvpd.protocol import HV_S_CONT, HV_S_OK
+
+
+def _have_systemd_daemon() -> bool:
+    return service._daemon_notify() is not None
+
+
+BACKENDS = ["socket"] + (["systemd"] if _have_systemd_daemon() else [])
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request, tmp_path, monkeypatch):
+    """A datagram socket standing in for systemd; yields (sock, NOTIFY_SOCKET value)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if request.param == "path":
+        address = str(tmp_path / "notify")
+        sock.bind(address)
+        value = address
+    else:
+        name = f"pykvpd-test-{uuid.uuid4().hex}"
+        sock.bind("\0" + name)
+        value = "@" + name
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", value)
+    yield sock, value
+    sock.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_notifier_sends_ready_status_watchdog_stopping(notify_socket, backend):
+    sock, _ = notify_socket
+    notifier = service.Notifier(backend=backend)
+    assert notifier.enabled
+    notifier.ready("registered; 5 pools")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=registered; 5 pools"
+    notifier.status("last SET pool 0\nsecond line")
+    assert sock.recv(4096) == b"STATUS=last SET pool 0 second line"
+    notifier.watchdog()
+    assert sock.recv(4096) == b"WATCHDOG=1"
+    notifier.reloading()
+    assert sock.recv(4096) == b"RELOADING=1"
+    notifier.stopping()
+    assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_notifier_without_socket_is_silent(monkeypatch, tmp_path):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = service.Notifier(backend="socket")
+    assert not notifier.enabled
+    notifier.ready("x")  # nothing to send to, nothing raised
+    notifier.watchdog()
+
+
+def test_notifier_never_raises_when_manager_is_gone(tmp_path, caplog):
+    notifier = service.Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")}, backend="socket")
+    with caplog.at_level(logging.WARNING, logger="pykvpd.service"):
+        notifier.ready("x")
+        notifier.watchdog()
+    warnings = [r for r in caplog.records if "sd_notify" in r.getMessage()]
+    assert len(warnings) == 1  # warned once, not per keep-alive
+
+
+def test_notifier_rejects_relative_socket_without_raising(tmp_path):
+    notifier = service.Notifier({"NOTIFY_SOCKET": "relative/path"}, backend="socket")
+    notifier.stopping()
+
+
+def test_notify_address_forms():
+    assert service.notify_address("@abc") == "\0abc"
+    assert service.notify_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert service.notify_address("@") is None
+    assert service.notify_address("vsock:2:1234") is None
+
+
+def test_watchdog_interval():
+    pid = str(os.getpid())
+    assert service.Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval() == 15.0
+    env = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": pid}
+    assert service.Notifier(env).watchdog_interval() == 15.0
+    env = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert service.Notifier(env).watchdog_interval() is None
+    assert service.Notifier({}).watchdog_interval() is None
+    assert service.Notifier({"WATCHDOG_USEC": "junk"}).watchdog_interval() is None
+    assert service.Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval() is None
+
+
+class RecordingJournal:
+    """Stands in for systemd.journal.send: keeps every (message, fields) pair."""
+
+    def __init__(self) -> None:
+        self.entries = []
+
+    def __call__(self, MESSAGE, **fields):  # noqa: N803 - systemd.journal.send's spelling
+        self.entries.append((MESSAGE, fields))
+
+
+def _journal_logger(name: str, sender, monkeypatch):
+    journal = pytest.importorskip("systemd.journal")
+    if not hasattr(journal, "JournalHandler"):
+        pytest.skip("the installed 'systemd' module is not systemd-python")
+    handler = journal.JournalHandler(SYSLOG_IDENTIFIER="pykvpd", sender_function=sender)
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "handlers", [handler])
+    return logger
+
+
+def test_log_operation_journal_fields_without_value(monkeypatch):
+    sender = RecordingJournal()
+    logger = _journal_logger("pykvpd.test.journal1", sender, monkeypatch)
+    service.log_operation(logger, "SET", 1, "Secret", HV_S_OK, value="hunter2")
+    (message, fields), = sender.entries
+    assert fields["KVP_OP"] == "SET"
+    assert fields["KVP_POOL"] == "1"
+    assert fields["KVP_KEY"] == "Secret"
+    assert fields["KVP_STATUS"] == "0x00000000"
+    assert fields["SYSLOG_IDENTIFIER"] == "pykvpd"
+    assert fields["PRIORITY"] == "7"  # debug
+    assert "KVP_VALUE" not in fields
+    assert "hunter2" not in message
+    assert "CODE_ARGS" not in fields
+    assert all("hunter2" not in str(v) for v in fields.values())
+
+
+def test_log_operation_journal_fields_with_debug_values(monkeypatch):
+    sender = RecordingJournal()
+    logger = _journal_logger("pykvpd.test.journal2", sender, monkeypatch)
+    service.log_operation(logger, "ENUMERATE", 3, None, HV_S_CONT, value="v", debug_values=True)
+    (message, fields), = sender.entries
+    assert fields["KVP_STATUS"] == "0x80070103"
+    assert fields["KVP_VALUE"] == "v"
+    assert "KVP_KEY" not in fields
+    assert "HV_S_CONT" in message and "value='v'" in message
+
+
+def test_log_operation_plain_record(caplog):
+    logger = logging.getLogger("pykvpd.test.plain")
+    with caplog.at_level(logging.DEBUG, logger="pykvpd.test.plain"):
+        service.log_operation(logger, "GET", 0, "k%s", 0x80004005, value="secret")
+    (record,) = caplog.records
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage() == "GET pool=0 key='k%s' status=HV_E_FAIL (0x80004005)"
+    assert record.KVP_STATUS == "0x80004005"
+    assert record.KVP_POOL == "0"
+
+
+def test_log_operation_skipped_when_not_debug(caplog):
+    logger = logging.getLogger("pykvpd.test.quiet")
+    with caplog.at_level(logging.INFO, logger="pykvpd.test.quiet"):
+        service.log_operation(logger, "GET", 0, "k", 0)
+    assert caplog.records == []
+
+
+@pytest.fixture
+def clean_root_logger():
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield root
+    for handler in list(service._installed_handlers):
+        root.removeHandler(handler)
+    service._installed_handlers.clear()
+    root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_setup_logging_stderr_without_journal_stream(monkeypatch, clean_root_logger):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    service.setup_logging(debug=True)
+    handler = service._installed_handlers[0]
+    assert type(handler) is logging.StreamHandler
+    assert clean_root_logger.level == logging.DEBUG
+    service.setup_logging(debug=False)  # reload replaces, does not stack
+    assert sum(h in clean_root_logger.handlers for h in service._installed_handlers) == 1
+    assert handler not in clean_root_logger.handlers
+    assert clean_root_logger.level == logging.INFO
+
+
+def test_setup_logging_uses_journal_handler_when_stream_matches(
+    monkeypatch, tmp_path, clean_root_logger
+):
+    created = []
+
+    class StubJournalHandler(logging.Handler):
+        def __init__(self, **fields):
+            super().__init__()
+            created.append(fields)
+
+    fake_systemd = types.ModuleType("systemd")
+    fake_journal = types.ModuleType("systemd.journal")
+    fake_journal.JournalHandler = StubJournalHandler
+    fake_systemd.journal = fake_journal
+    monkeypatch.setitem(sys.modules, "systemd", fake_systemd)
+    monkeypatch.setitem(sys.modules, "systemd.journal", fake_journal)
+    stderr_file = open(tmp_path / "stderr", "w")  # noqa: SIM115
+    monkeypatch.setattr(sys, "stderr", stderr_file)
+    st = os.fstat(stderr_file.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    try:
+        service.setup_logging(debug=False)
+        assert isinstance(service._installed_handlers[0], StubJournalHandler)
+        assert created == [{"SYSLOG_IDENTIFIER": "pykvpd"}]
+        # A JOURNAL_STREAM inherited from elsewhere does not describe our stderr.
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        service.setup_logging(debug=False)
+        assert type(service._installed_handlers[0]) is logging.StreamHandler
+    finally:
+        stderr_file.close()
+
+
+def test_setup_logging_without_systemd_python(monkeypatch, clean_root_logger):
+    monkeypatch.setitem(sys.modules, "systemd", None)  # import fails
+    monkeypatch.setitem(sys.modules, "systemd.journal", None)
+    service.setup_logging(debug=False, use_journal=True)
+    assert type(service._installed_handlers[0]) is logging.StreamHandler
+    assert service._daemon_notify() is None
