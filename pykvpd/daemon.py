@@ -19,8 +19,9 @@ import time
 from typing import List, Optional
 
 from . import __version__, transport
-from .handler import Handler
+from .handler import Handler, Outcome
 from .pools import PoolDir, PoolError
+from .protocol import HV_E_FAIL, OP_NAMES, encode_status
 
 log = logging.getLogger("pykvpd")
 
@@ -111,14 +112,8 @@ class Daemon:
         self._status_path = args.status_file
         self._wakeup_r: Optional[int] = None
 
-    def _netconfig(self, pool_dir: str):  # noqa: ANN202
-        mode = self.args.ip_injection or self.config.ip_injection
-        try:
-            from .netconfig import NetConfig
-        except ImportError as exc:
-            log.warning("IP configuration unavailable (%s): GET/SET_IP_INFO answer HV_E_FAIL", exc)
-            return None
-        return NetConfig(state_dir=pool_dir, injection=mode)
+    def _netconfig(self, pool_dir: str) -> _LazyNetConfig:
+        return _LazyNetConfig(pool_dir, self.args.ip_injection or self.config.ip_injection)
 
     # ----------------------------------------------------------------- channel
 
@@ -179,7 +174,7 @@ class Daemon:
             self.reconnect()
             return
         started = time.monotonic()
-        outcome = self.handler.handle(msg)
+        outcome = self._handle(msg)
         self.host_ops += 1
         self.last_op = outcome.op
         if outcome.error:
@@ -216,6 +211,16 @@ class Daemon:
             self.last_error = f"write: {exc}"
             self.reconnect()
         self._status_due = self._status_due or time.monotonic()
+
+    def _handle(self, msg: bytes) -> Outcome:
+        """The handler's answer; a bug in it fails this request, never the daemon."""
+        try:
+            return self.handler.handle(msg)
+        except Exception as exc:  # the boundary: log once with the traceback, keep serving
+            log.exception("internal error while handling a request; answering HV_E_FAIL")
+            op = OP_NAMES.get(msg[0], f"op {msg[0]}") if msg else "empty"
+            reply = encode_status(msg, HV_E_FAIL)
+            return Outcome(reply, op, HV_E_FAIL, None, None, None, repr(exc))
 
     def run(self) -> int:
         self.connect(first=True)
@@ -343,6 +348,30 @@ class Daemon:
     def close(self) -> None:
         self._close_channel()
         self.pools.close()
+
+
+class _LazyNetConfig:
+    """Imports and builds the IP configuration code at the first IP request, not at start.
+
+    Most guests never see GET/SET_IP_INFO; not loading it keeps start-up fast and RSS small.
+    """
+
+    def __init__(self, state_dir: str, injection: str) -> None:
+        self._args = {"state_dir": state_dir, "injection": injection}
+        self._impl = None
+
+    def _get(self):  # noqa: ANN202
+        if self._impl is None:
+            from .netconfig import NetConfig
+
+            self._impl = NetConfig(**self._args)
+        return self._impl
+
+    def get_ip_info(self, request):  # noqa: ANN001, ANN201
+        return self._get().get_ip_info(request)
+
+    def set_ip_info(self, request):  # noqa: ANN001, ANN201
+        return self._get().set_ip_info(request)
 
 
 def _drain(fd: int) -> None:

@@ -659,7 +659,7 @@ class PoolFile:
         try:
             os.ftruncate(jfd, 0)
             _pwrite_all(jfd, journal, 0)
-            os.fsync(jfd)
+            os.fdatasync(jfd)
             _apply(fd, writes, size_after)
             os.ftruncate(jfd, 0)
         except OSError as exc:
@@ -702,7 +702,7 @@ def _apply(fd: int, writes: Sequence[Tuple[int, bytes]], size_after: Optional[in
         _pwrite_all(fd, data, offset)
     if size_after is not None:
         os.ftruncate(fd, size_after)
-    os.fsync(fd)
+    os.fdatasync(fd)  # data and size; the mtime alone need not reach the disk first
 
 
 # --------------------------------------------------------------------------- the directory
