@@ -32,6 +32,7 @@ LATE_REPLY_SECONDS = (
 )
 REOPEN_GIVE_UP_SECONDS = 300.0
 STATUS_EVERY_SECONDS = 1.0
+REGISTER_TIMEOUT_SECONDS = 30.0  # a kernel that never answers the handshake: reopen
 
 SUBCOMMANDS = ("simulate", "status")
 
@@ -126,7 +127,7 @@ class Daemon:
             if not transport.wait_for_device(device, wait):
                 raise transport.DeviceMissing(f"{device} did not appear within {wait:g} s")
         self.channel = transport.open_channel(device)
-        version = self.channel.register()
+        version = self.channel.register(timeout=REGISTER_TIMEOUT_SECONDS)
         self.intrinsic.integration_services_version = version
         self.registered_since = time.time()
         log.info("registered with the kernel on %s; IntegrationServicesVersion %s", device, version)

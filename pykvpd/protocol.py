@@ -121,7 +121,7 @@ class KeyRequest:
 
 @dataclass(frozen=True)
 class EnumerateRequest:
-    """"Give me record #index of pool P"; the host walks 0, 1, 2, ... until HV_S_CONT."""
+    """ "Give me record #index of pool P"; the host walks 0, 1, 2, ... until HV_S_CONT."""
 
     pool: int
     index: int

@@ -14,7 +14,6 @@ and turns every failure into one of three exceptions the daemon can act on:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import math
@@ -435,7 +434,7 @@ def set_process_name(name: str = PROCESS_NAME) -> None:
     if shim is not None:
         _check(shim.lib.hvkvp_set_name(raw))
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_NAME) failed: {os.strerror(err)}")
