@@ -1,0 +1,379 @@
+"""GET_IP_INFO: what the host's Networking tab shows for one adapter, in the C daemon's strings.
+
+Data sources, cheapest first: sysfs (MAC → interface), rtnetlink (addresses, prefixes, default
+gateways of that interface), small state/config files for DNS servers and the DHCP state. The
+distro helpers ``hv_get_dns_info`` / ``hv_get_dhcp_info`` take precedence when installed, so
+distro customisations keep working; they run once per request, concurrently, as argv lists.
+The output formats are fixed by the host (spec §6.2): a malformed entry makes Hyper-V Manager
+show nothing at all.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..protocol import ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, IpInfo
+from . import netlink
+from .nics import interface_mac, interfaces_by_mac, valid_ifname
+from .runner import CommandError, Deadline, Result, finish, lines, start
+
+log = logging.getLogger(__name__)
+
+# What the host can take per field (UTF-16 units, spec §2.2) minus room for a terminator and a
+# safety unit: lists are cut at whole entries below these, never mid-address.
+LIMIT_IP_ADDR = 1022
+LIMIT_SUB_NET = 1022
+LIMIT_GATE_WAY = 510
+LIMIT_DNS_ADDR = 1022
+
+DNS_HELPER = "hv_get_dns_info"
+DHCP_HELPER = "hv_get_dhcp_info"
+_STUB_RESOLVERS = {"127.0.0.53", "127.0.0.54"}
+
+
+class AdapterNotFound(LookupError):
+    """No interface carries the MAC address the host asked about."""
+
+
+@dataclass(frozen=True)
+class Interface:
+    """The interface chosen for a MAC, with what netlink reported about it."""
+
+    name: str
+    index: Optional[int]
+    addresses: List[netlink.Address]
+    gateways: List[netlink.IPAddress]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _fit(items: Sequence[str], limit: int, sep: str, trailing: bool) -> int:
+    """How many leading items fit in limit UTF-16 units when joined (whole items only)."""
+    used = 0
+    for count, item in enumerate(items):
+        used += _utf16_units(item) + (1 if trailing or count else 0)
+        if used > limit:
+            return count
+    return len(items)
+
+
+def subnet_text(address: netlink.Address) -> str:
+    """IPv4: dotted netmask; IPv6: '/NN' (the leading slash is what the host expects)."""
+    if address.address.version == 4:
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{address.prefixlen}").netmask)
+    return f"/{address.prefixlen}"
+
+
+def format_reply(adapter_id: str, addresses: Sequence[netlink.Address],
+                 gateways: Sequence[str], dns: Sequence[str], dhcp: bool) -> IpInfo:
+    """The reply strings of spec §6.2, each list cut at whole entries within the host's limits.
+
+    ip_addr and sub_net are paired element by element, so both are cut at the same count.
+    """
+    ips = [str(a.address) for a in addresses]
+    masks = [subnet_text(a) for a in addresses]
+    count = min(_fit(ips, LIMIT_IP_ADDR, ";", False), _fit(masks, LIMIT_SUB_NET, ";", False))
+    if count < len(ips):
+        log.warning("GET_IP_INFO: reporting %d of %d addresses (host field limit)",
+                    count, len(ips))
+    family = 0
+    for address in addresses[:count]:
+        family |= ADDR_FAMILY_IPV4 if address.address.version == 4 else ADDR_FAMILY_IPV6
+    gateways = list(gateways)[: _fit(gateways, LIMIT_GATE_WAY, ";", True)]
+    dns = list(dns)[: _fit(dns, LIMIT_DNS_ADDR, ";", True)]
+    return IpInfo(
+        adapter_id=adapter_id,
+        addr_family=family,
+        dhcp_enabled=1 if dhcp else 0,
+        ip_addr=";".join(ips[:count]),
+        sub_net=";".join(masks[:count]),
+        gate_way="".join(g + ";" for g in gateways),
+        dns_addr="".join(d + ";" for d in dns),
+    )
+
+
+# --------------------------------------------------------------------------- interface choice
+
+
+def find_interface(sysfs: str, adapter_id: str, timeout: float) -> Interface:
+    """The interface with this MAC; among several (SR-IOV VF, bond, bridge), one with addresses.
+
+    Raises AdapterNotFound when no interface has the MAC.
+    """
+    names = interfaces_by_mac(sysfs, adapter_id)
+    if not names:
+        raise AdapterNotFound(f"no interface with MAC {adapter_id!r}")
+    first = None
+    for name in names:
+        try:
+            index = socket.if_nametoindex(name)
+        except OSError:
+            log.debug("GET_IP_INFO: %r is in sysfs but not in this network namespace", name)
+            continue
+        addresses, gateways = netlink.interface_state(index, timeout)
+        candidate = Interface(name, index, addresses, gateways)
+        if addresses:
+            return candidate
+        first = first or candidate
+    return first or Interface(names[0], None, [], [])
+
+
+# --------------------------------------------------------------------------- DNS
+
+
+def server_address(token: str) -> Optional[str]:
+    """An IP address out of a resolver token ('10.0.0.2', '[fe80::1%2]:53', '1.1.1.1#dns.x').
+
+    None for anything that is not a plain IPv4/IPv6 address once port, scope and name are gone.
+    """
+    token = token.split("#", 1)[0].strip()
+    if token.startswith("["):
+        token = token[1 : token.find("]")] if "]" in token else ""
+    elif token.count(":") == 1:
+        token = token.split(":", 1)[0]
+    token = token.split("%", 1)[0]
+    try:
+        return str(ipaddress.ip_address(token))
+    except ValueError:
+        return None
+
+
+def _read(path: str, limit: int = 1 << 20) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(limit)
+    except OSError:
+        return None
+
+
+def resolv_conf_servers(path: str) -> List[str]:
+    """The nameserver lines of a resolv.conf-format file, validated, in file order."""
+    servers = []
+    for line in (_read(path) or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            server = server_address(fields[1])
+            if server is not None and server not in servers:
+                servers.append(server)
+    return servers
+
+
+def _state_servers(path: str) -> List[str]:
+    """DNS servers of a systemd link state file (resolved: SERVERS=, networkd: DNS=)."""
+    servers: List[str] = []
+    for line in (_read(path) or "").splitlines():
+        key, _, value = line.partition("=")
+        if key in ("SERVERS", "DNS"):
+            for token in value.split():
+                server = server_address(token)
+                if server is not None and server not in servers:
+                    servers.append(server)
+    return servers
+
+
+def builtin_dns(ifindex: Optional[int], etc_dir: str, run_dir: str) -> List[str]:
+    """Per-link servers from systemd-resolved / networkd state, else resolv.conf's servers.
+
+    When resolv.conf only names resolved's stub listener, the uplink list that resolved keeps in
+    its own resolv.conf is reported instead of 127.0.0.53, which means nothing to the host.
+    """
+    if ifindex is not None:
+        for path in (os.path.join(run_dir, "systemd", "resolve", "netif", str(ifindex)),
+                     os.path.join(run_dir, "systemd", "netif", "links", str(ifindex))):
+            servers = _state_servers(path)
+            if servers:
+                return servers
+    servers = resolv_conf_servers(os.path.join(etc_dir, "resolv.conf"))
+    if servers and set(servers) <= _STUB_RESOLVERS:
+        uplink = resolv_conf_servers(os.path.join(run_dir, "systemd", "resolve", "resolv.conf"))
+        return uplink or servers
+    return servers
+
+
+def helper_dns(output: str) -> List[str]:
+    """Servers printed by hv_get_dns_info, one per line; lines that are no address are dropped."""
+    servers = []
+    for line in lines(output):
+        server = server_address(line.split()[0])
+        if server is None:
+            log.debug("GET_IP_INFO: ignoring %s line %r", DNS_HELPER, line[:80])
+        elif server not in servers:
+            servers.append(server)
+    return servers
+
+
+# --------------------------------------------------------------------------- DHCP
+
+
+def _ini(text: str) -> Dict[str, Dict[str, str]]:
+    """A minimal key-file reader (NetworkManager, systemd): {section: {key: last value}}."""
+    sections: Dict[str, Dict[str, str]] = {}
+    current = sections.setdefault("", {})
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1].strip(), {})
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            current[key.strip()] = value.strip()
+    return sections
+
+
+def _files(directory: str, suffix: str = "") -> List[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [os.path.join(directory, n) for n in names if n.endswith(suffix)]
+
+
+def _nm_dhcp(ifname: str, mac: Optional[str], etc_dir: str, run_dir: str) -> Optional[bool]:
+    """NetworkManager keyfile for the link: ipv4.method=auto means DHCP."""
+    for directory in (os.path.join(run_dir, "NetworkManager", "system-connections"),
+                      os.path.join(etc_dir, "NetworkManager", "system-connections")):
+        for path in _files(directory, ".nmconnection"):
+            conf = _ini(_read(path) or "")
+            bound = conf.get("connection", {}).get("interface-name")
+            mac_bound = conf.get("ethernet", {}).get("mac-address", "").upper()
+            if bound == ifname or (bound is None and mac is not None and mac_bound == mac):
+                return conf.get("ipv4", {}).get("method", "auto") == "auto"
+    return None
+
+
+def _networkd_dhcp(ifname: str, ifindex: Optional[int], etc_dir: str,
+                   run_dir: str) -> Optional[bool]:
+    """systemd-networkd: the .network file applied to the link (from its state file, else the
+    first file in /etc/systemd/network whose [Match] Name= matches); DHCP=yes/ipv4 means DHCP."""
+    path = None
+    if ifindex is not None:
+        state = _ini(_read(os.path.join(run_dir, "systemd", "netif", "links", str(ifindex)))
+                     or "").get("", {})
+        if state.get("ADMIN_STATE") == "unmanaged":
+            return None
+        path = state.get("NETWORK_FILE") or None
+    if path is None:
+        for candidate in _files(os.path.join(etc_dir, "systemd", "network"), ".network"):
+            patterns = _ini(_read(candidate) or "").get("Match", {}).get("Name", "").split()
+            if any(fnmatch.fnmatchcase(ifname, p) for p in patterns):
+                path = candidate
+                break
+    if path is None:
+        return None
+    value = _ini(_read(path) or "").get("Network", {}).get("DHCP", "no").lower()
+    return value in ("yes", "true", "1", "on", "ipv4", "both")
+
+
+def _ifupdown_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
+    """ifupdown: 'iface IF inet dhcp' in /etc/network/interfaces or interfaces.d/*."""
+    paths = [os.path.join(etc_dir, "network", "interfaces")]
+    paths += _files(os.path.join(etc_dir, "network", "interfaces.d"))
+    verdict = None
+    for path in paths:
+        for line in (_read(path) or "").splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[0] == "iface" and fields[1] == ifname \
+                    and fields[2] == "inet":
+                verdict = verdict or fields[3] == "dhcp"
+    return verdict
+
+
+def _ifcfg_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
+    """Red Hat network-scripts: BOOTPROTO=dhcp in ifcfg-IF."""
+    text = _read(os.path.join(etc_dir, "sysconfig", "network-scripts", f"ifcfg-{ifname}"))
+    if text is None:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "BOOTPROTO":
+            return value.strip().strip("'\"").lower() in ("dhcp", "bootp")
+    return False
+
+
+def builtin_dhcp(iface: Interface, mac: Optional[str], etc_dir: str, run_dir: str) -> bool:
+    """DHCPv4 state from whichever configuration manages the link, else from the kernel.
+
+    The last resort looks at the IPv4 addresses themselves: DHCP clients install them with a
+    finite lifetime, static configuration makes them permanent.
+    """
+    if valid_ifname(iface.name):
+        checks: List[Callable[[], Optional[bool]]] = [
+            lambda: _nm_dhcp(iface.name, mac, etc_dir, run_dir),
+            lambda: _networkd_dhcp(iface.name, iface.index, etc_dir, run_dir),
+            lambda: _ifupdown_dhcp(iface.name, etc_dir),
+            lambda: _ifcfg_dhcp(iface.name, etc_dir),
+        ]
+        for check in checks:
+            verdict = check()
+            if verdict is not None:
+                return verdict
+    return any(a.address.version == 4 and not a.permanent for a in iface.addresses)
+
+
+# --------------------------------------------------------------------------- the request
+
+
+def _helper(scripts_dir: str, name: str) -> Optional[str]:
+    path = os.path.join(scripts_dir, name)
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+def _collect(proc, name: str, deadline: Deadline, timeout: float) -> Optional[Result]:
+    if proc is None:
+        return None
+    try:
+        budget = deadline.budget(timeout)
+    except CommandError:
+        budget = 0.01  # out of time: finish() kills it at once
+    try:
+        return finish(proc, budget)
+    except CommandError as exc:
+        log.warning("GET_IP_INFO: %s: %s", name, exc)
+        return None
+
+
+def get_ip_info(request: IpInfo, *, sysfs: str, scripts_dir: str, etc_dir: str, run_dir: str,
+                timeout: float, deadline: Deadline) -> Tuple[IpInfo, str]:
+    """Build the GET_IP_INFO reply for request.adapter_id; returns (reply, interface name).
+
+    Raises AdapterNotFound, netlink.NetlinkError or OSError (e.g. sysfs unreadable).
+    """
+    iface = find_interface(sysfs, request.adapter_id, deadline.budget(min(timeout, 2.0)))
+    dns_proc = dhcp_proc = None
+    if valid_ifname(iface.name):
+        dns_script = _helper(scripts_dir, DNS_HELPER)
+        dhcp_script = _helper(scripts_dir, DHCP_HELPER)
+        try:  # both helpers run at the same time; their costs do not add up
+            dns_proc = start([dns_script, iface.name]) if dns_script else None
+            dhcp_proc = start([dhcp_script, iface.name]) if dhcp_script else None
+        except CommandError as exc:
+            log.warning("GET_IP_INFO: %s", exc)
+    else:
+        log.warning("GET_IP_INFO: interface name %r is unsafe; not running helpers", iface.name)
+    dns_result = _collect(dns_proc, DNS_HELPER, deadline, timeout)
+    dhcp_result = _collect(dhcp_proc, DHCP_HELPER, deadline, timeout)
+
+    if dns_result is not None:
+        dns = helper_dns(dns_result.stdout)
+    else:
+        dns = builtin_dns(iface.index, etc_dir, run_dir)
+    dhcp_lines = lines(dhcp_result.stdout) if dhcp_result is not None else []
+    if dhcp_lines:
+        dhcp = dhcp_lines[0].startswith("Enabled")
+    else:
+        dhcp = builtin_dhcp(iface, interface_mac(sysfs, iface.name), etc_dir, run_dir)
+    gateways = [str(g) for g in iface.gateways]
+    reply = format_reply(request.adapter_id, iface.addresses, gateways, dns, dhcp)
+    return reply, iface.name
