@@ -358,9 +358,11 @@ class PoolFile:
             raise PoolError(f"{self.path}: cannot create: {exc.strerror}") from None
 
     def ensure_exists(self) -> None:
-        """Create the file if missing (mode ``mode``); an existing file is left untouched."""
+        """Create the file if missing (mode ``mode``); an existing file is left untouched,
+        unless a killed writer left a change in its journal: that change is completed now."""
         if self._fd is None:
             self._fd = self._open()
+        self._recover_if_needed()
 
     def close(self) -> None:
         for fd in (self._fd, self._journal_fd):
