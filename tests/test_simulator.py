@@ -386,6 +386,25 @@ def test_register1_handshake(kernel, sockpath):
     daemon.close()
 
 
+def test_registration_reply_comes_before_any_request(kernel, sockpath):
+    """A host request waiting for a daemon must not overtake the registration reply."""
+    result: queue.Queue[bytes] = queue.Queue()
+    thread = threading.Thread(
+        target=lambda: result.put(kernel.transact(p.build_enumerate_message(2, 0)))
+    )
+    thread.start()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.connect(sockpath)
+    sock.send(p.encode_register())
+    assert sock.recv(65536) == p.build_register_reply()
+    request = sock.recv(65536)
+    assert request == p.build_enumerate_message(2, 0)
+    sock.send(p.encode_status(request, p.HV_S_CONT))
+    assert p.reply_status(result.get(timeout=5)) == p.HV_S_CONT
+    thread.join(5)
+    sock.close()
+
+
 def test_legacy_register_handshake_and_status_rule(kernel, sockpath):
     daemon = FakeDaemon(sockpath, lambda m: enum_reply(b"", b"", p.HV_S_OK), p.OP_REGISTER)
     daemon.start()

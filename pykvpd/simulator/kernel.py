@@ -581,10 +581,6 @@ class FakeKernel:
                 op = data[p.OFF_OPERATION]
                 if op not in (p.OP_REGISTER1, p.OP_REGISTER):
                     return f"incompatible daemon (handshake operation {op})"
-                self._state = STATE_READY
-                self.version_seen = op
-                self.registrations += 1
-                self._lock.notify_all()
             elif state == STATE_READY:
                 return "spurious reply: no request outstanding"
             else:
@@ -593,19 +589,27 @@ class FakeKernel:
                 self._pending = None
                 self._state = STATE_READY
                 self.replies += 1
+                self._event("reply", f"status {status_name(p.reply_status(data))}")
                 pending.reply = data
                 pending.done.set()
                 self._lock.notify_all()
-        if state == STATE_INIT:
-            name = "REGISTER1" if op == p.OP_REGISTER1 else "legacy REGISTER"
-            self._event("register", f"{name}: replying with version {self.version}")
-            try:
-                conn.send(p.build_register_reply(op, self.version))
-            except OSError as exc:
-                return f"registration reply not delivered: {exc}"
-        else:
-            status = p.reply_status(data)
-            self._event("reply", f"status {status_name(status)}")
+                return None
+        return self._register(conn, op)
+
+    def _register(self, conn: socket.socket, op: int) -> Optional[str]:
+        """Send the registration reply, then become READY: no request can overtake the reply."""
+        name = "REGISTER1" if op == p.OP_REGISTER1 else "legacy REGISTER"
+        self._event("register", f"{name}: replying with version {self.version}")
+        try:
+            conn.send(p.build_register_reply(op, self.version))
+        except OSError as exc:
+            return f"registration reply not delivered: {exc}"
+        with self._lock:
+            if self._conn is conn:
+                self._state = STATE_READY
+                self.version_seen = op
+                self.registrations += 1
+                self._lock.notify_all()
         return None
 
     def _drop(self, conn: socket.socket, reason: str) -> None:
