@@ -353,7 +353,8 @@ def get_ip_info(request: IpInfo, *, sysfs: str, scripts_dir: str, etc_dir: str, 
     iface = find_interface(sysfs, request.adapter_id, deadline.budget(min(timeout, 2.0)))
     dns_proc = dhcp_proc = None
     if valid_ifname(iface.name):
-        dns_script = _helper(scripts_dir, DNS_HELPER)
+        # Like the C daemon, report DNS servers only for an interface that has an address.
+        dns_script = _helper(scripts_dir, DNS_HELPER) if iface.addresses else None
         dhcp_script = _helper(scripts_dir, DHCP_HELPER)
         try:  # both helpers run at the same time; their costs do not add up
             dns_proc = start([dns_script, iface.name]) if dns_script else None
@@ -365,7 +366,9 @@ def get_ip_info(request: IpInfo, *, sysfs: str, scripts_dir: str, etc_dir: str, 
     dns_result = _collect(dns_proc, DNS_HELPER, deadline, timeout)
     dhcp_result = _collect(dhcp_proc, DHCP_HELPER, deadline, timeout)
 
-    if dns_result is not None:
+    if not iface.addresses:
+        dns = []
+    elif dns_result is not None:
         dns = helper_dns(dns_result.stdout)
     else:
         dns = builtin_dns(iface.index, etc_dir, run_dir)
