@@ -45,10 +45,6 @@ PRELOAD_SOURCE = os.path.join(
 STATE_DIR = "/var/lib"  # what is bind-mounted in the namespace; the pools are in STATE_DIR/hyperv
 REGISTER_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0
-# FakeKernel marks the device READY before it has sent the registration reply, so a request sent
-# at once can overtake the reply (the daemon then reads the request as its registration reply).
-# Until the simulator sends the reply first, give its thread a moment after each registration.
-REGISTRATION_SETTLE = 0.02
 
 
 class HarnessUnavailable(Exception):
@@ -137,6 +133,7 @@ class KvpPeer:
         namespace: bool,
         timeout: float = REPLY_TIMEOUT,
         extra_args: Sequence[str] = (),
+        kernel_version: str = kernel_mod.DRIVER_VERSION,
     ) -> None:
         if kind not in ("c", "py"):
             raise ValueError(f"kind must be 'c' or 'py', not {kind!r}")
@@ -145,6 +142,7 @@ class KvpPeer:
         self.namespace = namespace or kind == "c"
         self.timeout = timeout
         self.extra_args = list(extra_args)
+        self.kernel_version = kernel_version
         self.state_dir = os.path.join(self.workdir, f"{kind}-state")  # mounted on /var/lib
         self.pool_dir = os.path.join(self.state_dir, "hyperv")
         self.socket_path = os.path.join(self.workdir, f"{kind}-kvp.sock")
@@ -183,7 +181,9 @@ class KvpPeer:
 
     def start(self) -> KvpPeer:
         os.makedirs(self.pool_dir, exist_ok=True)
-        self.kernel = FakeKernel(self.socket_path, timeout=self.timeout).start()
+        self.kernel = FakeKernel(
+            self.socket_path, timeout=self.timeout, version=self.kernel_version
+        ).start()
         self.spawn()
         self.wait_registered()
         return self
@@ -226,7 +226,6 @@ class KvpPeer:
         assert self.kernel is not None
         if not self.kernel.wait_registered(REGISTER_TIMEOUT, registrations):
             raise RuntimeError(f"{self.kind} daemon did not register:\n{self.log_tail()}")
-        time.sleep(REGISTRATION_SETTLE)
 
     def kill(self, sig: int = signal.SIGKILL) -> Optional[int]:
         """Send ``sig`` and reap the process; returns its exit status."""
@@ -317,6 +316,15 @@ class KvpPeer:
                 raise pending.error
             assert pending.reply is not None
             return pending.reply
+
+    def drop_connection(self) -> None:
+        """The kernel closes the device under the daemon (module reload, hibernation)."""
+        kernel = self.kernel
+        assert kernel is not None
+        with kernel._lock:
+            conn = kernel._conn
+        if conn is not None:
+            kernel._drop(conn, "test: the kernel dropped the connection")
 
     def status(self, msg: bytes) -> int:
         return p.reply_status(self.transact(msg))
