@@ -2,7 +2,8 @@
 
 Both run in the same throw-away network + mount namespace: the C daemon behind the fake kernel
 of ``tests/cdaemon.py``, ours through ``NetConfig`` with the same distro helpers
-(``/usr/libexec/hypervkvpd``). Where the outputs differ on purpose, the test pins the
+(``/usr/libexec/hypervkvpd``) and, for GET_IP_INFO, also as a whole daemon behind the same
+kind of fake kernel. Where the outputs differ on purpose, the test pins the
 difference documented in docs/compatibility-network.md, so neither side can drift silently.
 """
 
@@ -34,13 +35,17 @@ from pykvpd.netconfig import NetConfig
 macs = MACS
 ours = NetConfig(scripts_dir=HELPERS)
 RESULT = []
-with tempfile.TemporaryDirectory() as work, KvpPeer.c(work) as peer:
+
+def ask(peer, mac):
+    reply = peer.transact(p.build_ip_message(p.OP_GET_IP_INFO, p.IpInfo(mac)))
+    status = p.reply_status(reply)
+    return [status, dataclasses.asdict(p.reply_ip_info(reply)) if status == p.HV_S_OK else None]
+
+with tempfile.TemporaryDirectory() as work, KvpPeer.c(work) as c_peer, \
+        KvpPeer.py(work, namespace=True) as py_peer:
     for mac in macs:
-        reply = peer.transact(p.build_ip_message(p.OP_GET_IP_INFO, p.IpInfo(mac)))
-        c_status = p.reply_status(reply)
-        c_info = dataclasses.asdict(p.reply_ip_info(reply)) if c_status == p.HV_S_OK else None
         status, info = ours.get_ip_info(p.IpInfo(mac))
-        RESULT.append({"c": [c_status, c_info],
+        RESULT.append({"c": ask(c_peer, mac), "daemon": ask(py_peer, mac),
                        "py": [status, None if info is None else dataclasses.asdict(info)]})
 """
 
@@ -101,6 +106,7 @@ def test_get_identical_for_a_dual_stack_nic():
     [result] = compare_get(setup, [MAC])
     assert result["c"][0] == result["py"][0] == HV_S_OK
     assert result["py"][1] == result["c"][1]
+    assert result["daemon"] == result["c"]  # the same through our daemon and the wire codec
     assert result["py"][1]["ip_addr"] == "10.0.0.5;10.0.1.7;2001:db8::5;fe80::215:5dff:fe01:203"
 
 
