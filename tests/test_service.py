@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
+import time
 import types
 import uuid
 
 import pytest
 
+from pykvpd import protocol as p
 from pykvpd import service
 from pykvpd.protocol import HV_S_CONT, HV_S_OK
+from pykvpd.simulator.kernel import FakeKernel, HostRequest
 
 
 def _have_systemd_daemon() -> bool:
@@ -228,3 +235,115 @@ def test_setup_logging_without_systemd_python(monkeypatch, clean_root_logger):
     service.setup_logging(debug=False, use_journal=True)
     assert type(service._installed_handlers[0]) is logging.StreamHandler
     assert service._daemon_notify() is None
+
+
+# ---------------------------------------------------------- the daemon against a fake kernel
+
+
+def _datagrams(sock: socket.socket, until: float) -> list:
+    """Everything received before ``until`` (monotonic), as decoded strings."""
+    got = []
+    while True:
+        left = until - time.monotonic()
+        if left <= 0:
+            return got
+        sock.settimeout(left)
+        try:
+            got.append(sock.recv(4096).decode())
+        except socket.timeout:
+            return got
+
+
+def _recv_until(sock: socket.socket, predicate, timeout: float = 20.0) -> list:
+    """Datagrams up to and including the first one matching ``predicate``."""
+    deadline = time.monotonic() + timeout
+    got = []
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            message = sock.recv(4096).decode()
+        except socket.timeout:
+            break
+        got.append(message)
+        if predicate(message):
+            return got
+    raise AssertionError(f"no matching notification; got {got!r}")
+
+
+def test_daemon_ready_status_watchdog_stuck_and_stopping(tmp_path):
+    """Readiness after registration, STATUS with the operations, WATCHDOG only while the loop
+    runs (none while it is stuck on a pool lock held by someone else), STOPPING on SIGTERM."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"pykvpd-daemon-test-{uuid.uuid4().hex}"
+    notify.bind("\0" + name)
+    pool_dir = tmp_path / "pools"
+    status_path = tmp_path / "status.json"
+    kernel = FakeKernel(str(tmp_path / "hv_kvp.sock"), timeout=60.0).start()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(
+        os.environ,
+        NOTIFY_SOCKET="@" + name,
+        WATCHDOG_USEC="200000",  # keep-alive every 0.1 s
+        PYTHONPATH=root,
+    )
+    env.pop("WATCHDOG_PID", None)
+    env.pop("JOURNAL_STREAM", None)
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pykvpd",
+            "-n",
+            "--device",
+            kernel.path,
+            "--pool-dir",
+            str(pool_dir),
+            "--status-file",
+            str(status_path),
+            "--config",
+            str(tmp_path / "absent.conf"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    holder = None
+    try:
+        first = _recv_until(notify, lambda m: "READY=1" in m)
+        assert kernel.registered  # READY only after the handshake
+        assert any("STATUS=" in m and "registered" in m for m in first)
+        _recv_until(notify, lambda m: m == "WATCHDOG=1")
+
+        reply = kernel.submit(HostRequest(p.OP_SET, pool=0, key="k", value="v"))
+        assert reply.status == p.HV_S_OK
+        _recv_until(notify, lambda m: m.startswith("STATUS=") and "1 host operation" in m)
+
+        # Stick the loop: hold the pool's flock, as another writer would, and send a SET.
+        holder = open(pool_dir / ".kvp_pool_0", "rb")  # noqa: SIM115
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = {}
+        worker = threading.Thread(
+            target=lambda: result.update(
+                reply=kernel.submit(HostRequest(p.OP_SET, pool=0, key="k2", value="v2"))
+            )
+        )
+        worker.start()
+        _datagrams(notify, time.monotonic() + 0.5)  # let the daemon reach the lock
+        stuck = _datagrams(notify, time.monotonic() + 1.5)  # 15 keep-alives if it were healthy
+        assert "WATCHDOG=1" not in stuck
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        worker.join(30)
+        assert result["reply"].status == p.HV_S_OK
+        _recv_until(notify, lambda m: m == "WATCHDOG=1")  # healthy again
+
+        daemon.send_signal(signal.SIGTERM)
+        _recv_until(notify, lambda m: "STOPPING=1" in m)
+        assert daemon.wait(20) == 0
+    finally:
+        if holder is not None:
+            holder.close()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        kernel.close()
+        notify.close()
