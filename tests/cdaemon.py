@@ -134,6 +134,7 @@ class KvpPeer:
         timeout: float = REPLY_TIMEOUT,
         extra_args: Sequence[str] = (),
         kernel_version: str = kernel_mod.DRIVER_VERSION,
+        netns_setup: Optional[str] = None,
     ) -> None:
         if kind not in ("c", "py"):
             raise ValueError(f"kind must be 'c' or 'py', not {kind!r}")
@@ -143,6 +144,9 @@ class KvpPeer:
         self.timeout = timeout
         self.extra_args = list(extra_args)
         self.kernel_version = kernel_version
+        self.netns_setup = netns_setup  # shell commands run in a fresh network namespace
+        if netns_setup is not None and not self.namespace:
+            raise ValueError("netns_setup needs namespace=True")
         self.state_dir = os.path.join(self.workdir, f"{kind}-state")  # mounted on /var/lib
         self.pool_dir = os.path.join(self.state_dir, "hyperv")
         self.socket_path = os.path.join(self.workdir, f"{kind}-kvp.sock")
@@ -204,7 +208,11 @@ class KvpPeer:
             return daemon
         # unshare execs sh, which execs the daemon: the Popen pid is the daemon's pid.
         script = 'mount --make-rprivate / && mount --bind "$0" ' + STATE_DIR + ' && exec "$@"'
-        return ["unshare", "-m", "sh", "-c", script, self.state_dir, *daemon]
+        flags = "-m"
+        if self.netns_setup is not None:
+            flags = "-mn"
+            script = f"{{ {self.netns_setup} ; }} >/dev/null && {script}"
+        return ["unshare", flags, "sh", "-c", script, self.state_dir, *daemon]
 
     def spawn(self) -> subprocess.Popen:
         """Start the daemon process (the kernel must be running); does not wait."""

@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import struct
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 from cdaemon import HarnessUnavailable, KvpPeer, c_daemon_missing
@@ -47,9 +47,9 @@ AUTO_KEYS = (
 class Pair:
     """The C daemon and ours, each behind its own fake kernel; messages go to both."""
 
-    def __init__(self, workdir: str) -> None:
-        self.c = KvpPeer.c(os.path.join(workdir, "c"))
-        self.py = KvpPeer.py(os.path.join(workdir, "py"), namespace=True)
+    def __init__(self, workdir: str, **kwargs: object) -> None:
+        self.c = KvpPeer.c(os.path.join(workdir, "c"), **kwargs)
+        self.py = KvpPeer.py(os.path.join(workdir, "py"), namespace=True, **kwargs)
         for peer in (self.c, self.py):
             os.makedirs(peer.workdir, exist_ok=True)
 
@@ -619,3 +619,46 @@ def test_compat_c12_command_line(tmp_path):
     )
     assert out.returncode == 1  # no device: exit 1, like the C daemon; not a usage error
     assert "usage" not in out.stderr.lower()
+
+
+# 80 IPv4 addresses (1,190 characters joined) and a few IPv6 ones on a veth pair in a fresh
+# network namespace (TEST-NET / documentation ranges; nothing is sent anywhere).
+MANY_ADDRESSES = (
+    "ip link add v0 address 02:00:00:00:00:01 type veth"
+    " peer name v1 address 02:00:00:00:00:02 && ip link set v0 up && ip link set v1 up && "
+    "for i in $(seq 1 80); do ip addr add 198.51.100.$i/32 dev v0 || exit 1; done && "
+    "ip -6 addr add 2001:db8::10/64 dev v1 nodad && ip -6 addr add 2001:db8::11/64 dev v1 nodad"
+)
+
+
+def _veth_missing() -> Optional[str]:
+    import subprocess
+
+    probe = subprocess.run(
+        ["unshare", "-n", "sh", "-c", "ip link add v0 type veth peer name v1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return None if probe.returncode == 0 else f"no veth in a new netns: {probe.stderr.strip()}"
+
+
+def test_compat_c13_address_lists_capped_at_whole_addresses(tmp_path):
+    reason = _veth_missing()
+    if reason:
+        pytest.skip(reason)
+    both = Pair(str(tmp_path), netns_setup=MANY_ADDRESSES).start()
+    try:
+        c_reply, py_reply = both.both(kenum(2, 2))
+        c_value, py_value = p.reply_key_value(c_reply)[1], p.reply_key_value(py_reply)[1]
+        assert len(c_value) > 1022  # the kernel would cut it mid-address at 1022 units
+        assert to_host(HostRequest(p.OP_ENUMERATE, 2), c_reply).value == c_value[:1022].decode()
+        assert len(py_value) <= 1022 and c_value.startswith(py_value + b";")
+        assert py_value.split(b";")[-1] in c_value.split(b";")
+        for index in (3, 5, 9):  # shorter lists and fixed values: identical
+            both.step(kenum(2, index))
+        # FQDN in a namespace where name resolution fails (C10).
+        c_reply, py_reply = both.both(kenum(2, 0))
+        check_auto_item(0, c_reply, py_reply)
+    finally:
+        both.close()
