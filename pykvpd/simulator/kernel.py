@@ -463,15 +463,35 @@ class FakeKernel:
         """
         if len(raw_msg) != p.MSG_SIZE:
             raise ValueError(f"message is {len(raw_msg)} bytes, expected {p.MSG_SIZE}")
+        return self.transact_raw(raw_msg, timeout)
+
+    def transact_raw(self, data: bytes, timeout: Optional[float] = None) -> bytes:
+        """Like ``transact`` for a datagram of any length (0, 2, 7431, 8000 bytes...).
+
+        A real kernel only sends 7432-byte messages; this is for tests that feed a daemon
+        malformed input. Same queueing, timeout and errors as ``transact``.
+        """
         limit = self.timeout if timeout is None else timeout
         with self._channel:
-            pending = self._queue(raw_msg, limit)
+            pending = self._queue(data, limit)
             if not pending.done.wait(limit):
                 self._expire(pending, limit)
             if pending.error is not None:
                 raise pending.error
             assert pending.reply is not None
             return pending.reply
+
+    def drop_connection(self, reason: str = "kernel closed the device") -> bool:
+        """Close the device under the daemon (module reload, hibernation): it must reopen.
+
+        Fails an in-flight request with HV_E_FAIL, like any close. False if nobody was connected.
+        """
+        with self._lock:
+            conn = self._conn
+        if conn is None:
+            return False
+        self._drop(conn, reason)
+        return True
 
     def submit(self, request: HostRequest, timeout: Optional[float] = None) -> HostReply:
         """Run one host request through the conversions and the daemon; HV_E_FAIL on failure."""
@@ -494,8 +514,8 @@ class FakeKernel:
             self._state = STATE_REQ
             self.requests += 1
             conn = self._conn
-        op, pool = p.header(raw_msg)
-        self._event("request", f"{p.OP_NAMES.get(op, op)} pool {pool}")
+        op, pool = p.header(raw_msg.ljust(2, b"\0"))
+        self._event("request", f"{p.OP_NAMES.get(op, op)} pool {pool} ({len(raw_msg)} bytes)")
         assert conn is not None
         try:
             conn.send(raw_msg)
