@@ -203,8 +203,11 @@ def decode_pool(data: bytes) -> PoolImage:
 
 _JOURNAL_MAGIC = b"PYKVPDJ1"
 _JOURNAL_HEAD = struct.Struct("<8sQQI")  # magic, size before, size after, number of writes
-_JOURNAL_WRITE = struct.Struct("<QI")  # offset, length
+_JOURNAL_WRITE = struct.Struct("<QII")  # offset, length of the new bytes, length of the old bytes
 _CRC = struct.Struct("<I")
+
+# One write of a change: (offset, new bytes, the bytes that were there before, possibly shorter).
+Write = Tuple[int, bytes, bytes]
 
 
 def journal_path(pool_path: str) -> str:
@@ -213,18 +216,20 @@ def journal_path(pool_path: str) -> str:
     return os.path.join(directory, ".pykvpd-journal-" + base.lstrip("."))
 
 
-def _encode_journal(
-    size_before: int, size_after: int, writes: Sequence[Tuple[int, bytes]]
-) -> bytes:
+def _encode_journal(size_before: int, size_after: int, writes: Sequence[Sequence]) -> bytes:
+    """Journal a change; a write without its old bytes means "beyond the end of the file"."""
     parts = [_JOURNAL_HEAD.pack(_JOURNAL_MAGIC, size_before, size_after, len(writes))]
-    for offset, data in writes:
-        parts.append(_JOURNAL_WRITE.pack(offset, len(data)))
-        parts.append(data)
+    for write in writes:
+        offset, new = write[0], write[1]
+        old = write[2] if len(write) > 2 else b""
+        parts.append(_JOURNAL_WRITE.pack(offset, len(new), len(old)))
+        parts.append(new)
+        parts.append(old)
     body = b"".join(parts)
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def _decode_journal(data: bytes) -> Optional[Tuple[int, int, List[Tuple[int, bytes]]]]:
+def _decode_journal(data: bytes) -> Optional[Tuple[int, int, List[Write]]]:
     """The journal's change, or None when it is empty or torn (then the change never started)."""
     if len(data) < _JOURNAL_HEAD.size + _CRC.size:
         return None
@@ -236,11 +241,37 @@ def _decode_journal(data: bytes) -> Optional[Tuple[int, int, List[Tuple[int, byt
         return None
     pos, writes = _JOURNAL_HEAD.size, []
     for _ in range(count):
-        offset, length = _JOURNAL_WRITE.unpack_from(body, pos)
+        offset, new_len, old_len = _JOURNAL_WRITE.unpack_from(body, pos)
         pos += _JOURNAL_WRITE.size
-        writes.append((offset, body[pos : pos + length]))
-        pos += length
+        new = body[pos : pos + new_len]
+        old = body[pos + new_len : pos + new_len + old_len]
+        writes.append((offset, new, old))
+        pos += new_len + old_len
     return before, after, writes
+
+
+def _interrupted_state(current: bytes, new: bytes, old: bytes) -> bool:
+    """True if ``current`` is what a write of ``new`` over ``old`` can leave when killed:
+    a prefix of the new bytes followed by the rest of the old ones (the kernel stops a
+    killed write at a page boundary). Anything else means another writer changed the file."""
+    same, limit, step = 0, min(len(current), len(new)), 4096
+    while same + step <= limit and current[same : same + step] == new[same : same + step]:
+        same += step
+    while same < limit and current[same] == new[same]:
+        same += 1
+    if same == len(current):
+        return True
+    return current[same:] == old[same : len(current)]
+
+
+def _replayable(fd: int, before: int, after: int, writes: Sequence[Write]) -> bool:
+    """Only a file nobody else touched since the crash may get the journal's change."""
+    size = os.fstat(fd).st_size
+    if not (size in (before, after) or min(before, after) < size < max(before, after)):
+        return False
+    return all(
+        _interrupted_state(os.pread(fd, len(new), offset), new, old) for offset, new, old in writes
+    )
 
 
 # --------------------------------------------------------------------------- change detection
@@ -506,12 +537,16 @@ class PoolFile:
         change = _decode_journal(data)
         if change is None:
             log.warning("%s: discarding a torn journal (its change never started)", self.path)
-        else:
+        elif _replayable(fd, *change):
             before, after, writes = change
-            size = os.fstat(fd).st_size
-            _apply(fd, writes, after if size in (before, after) or before < size < after else None)
+            _apply(fd, [(offset, new) for offset, new, _old in writes], after)
             log.warning("%s: completed a change interrupted by a crash", self.path)
             self._snapshot = None
+        else:
+            log.warning(
+                "%s: another writer changed the file after a crash; its journal is discarded",
+                self.path,
+            )
         os.ftruncate(jfd, 0)
 
     def _journal(self, create: bool) -> Optional[int]:
@@ -589,15 +624,25 @@ class PoolFile:
             if pos is not None:
                 if value is None:
                     return False
-                self._commit(fd, [(pos * RECORD_SIZE, encode_record(k, v))], count * RECORD_SIZE)
+                size = count * RECORD_SIZE + len(self._trailing)  # a partial tail stays as it is
+                self._commit(fd, [(pos * RECORD_SIZE, encode_record(k, v))], size)
                 self._records[pos] = Record(k, v)
+                return False
+            if self._trailing and _padded(self._trailing).key == k:
+                # The partial record is this key's first occurrence: complete it with the value.
+                self._commit(
+                    fd, [(count * RECORD_SIZE, encode_record(k, v))], (count + 1) * RECORD_SIZE
+                )
+                self._records.append(Record(k, v))
+                self._trailing = b""
+                self._reindex()
                 return False
             writes, base = self._tail_fix(count)
             writes.append((base, encode_record(k, v)))
             self._commit(fd, writes, base + RECORD_SIZE)
             self._index.setdefault(k, len(self._records) + (1 if self._trailing else 0))
             if self._trailing:
-                self._records.append(decode_record(self._trailing.ljust(RECORD_SIZE, b"\0")))
+                self._records.append(_padded(self._trailing))
                 self._trailing = b""
                 self._records.append(Record(k, v))
                 self._reindex()
@@ -657,7 +702,13 @@ class PoolFile:
         jfd = self._journal(create=True)
         assert jfd is not None
         size_before = os.fstat(fd).st_size
-        journal = _encode_journal(size_before, size_after, writes)
+        try:
+            olds = [os.pread(fd, len(data), offset) for offset, data in writes]
+        except OSError as exc:
+            raise PoolError(f"{self.path}: read failed: {exc.strerror}") from None
+        journal = _encode_journal(
+            size_before, size_after, [(o, d, old) for (o, d), old in zip(writes, olds)]
+        )
         try:
             os.ftruncate(jfd, 0)
             _pwrite_all(jfd, journal, 0)
@@ -670,6 +721,11 @@ class PoolFile:
         self._snapshot = self._stat_key(fd)
         if self._watch is not None:
             self._watch.mark_clean(self.name)
+
+
+def _padded(partial: bytes) -> Record:
+    """A partial trailing record as it reads once zero-padded to a whole record."""
+    return decode_record(partial.ljust(RECORD_SIZE, b"\0"))
 
 
 def all_valid(records: Sequence[Record]) -> bool:
