@@ -8,6 +8,7 @@ pin the driver's behaviour without depending on the real daemon.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import socket
@@ -710,3 +711,150 @@ def test_ip_info_round_trip(kernel, guest):
     assert sent.op == p.OP_SET_IP_INFO
     assert sent.info.addr_family == 3 and sent.info.dhcp_enabled == 0
     assert sent.info.sub_net == "255.255.255.0;64"
+
+
+def test_transact_raw_passes_any_length_and_short_replies_reopen(kernel, sockpath):
+    daemon = FakeDaemon(sockpath, lambda m: ok_reply(m.ljust(p.MSG_SIZE, b"\0"))).start()
+    assert kernel.wait_registered(5)
+    reply = kernel.transact_raw(b"\x03")
+    assert daemon.received.get(timeout=5) == b"\x03"
+    assert len(reply) == p.MSG_SIZE and p.reply_status(reply) == p.HV_S_OK
+    with pytest.raises(ValueError):
+        kernel.transact(b"\x03")
+    daemon.close()
+
+
+def test_drop_connection_fails_the_request_and_the_daemon_may_come_back(kernel, sockpath):
+    first = FakeDaemon(sockpath, lambda m: None).start()
+    assert kernel.wait_registered(5)
+    assert not FakeKernel(sockpath + ".other").drop_connection()  # nobody connected there
+    result: queue.Queue[k.HostReply] = queue.Queue()
+    thread = threading.Thread(
+        target=lambda: result.put(kernel.submit(HostRequest(p.OP_ENUMERATE, 0)))
+    )
+    thread.start()
+    first.received.get(timeout=5)
+    assert kernel.drop_connection("module reload")
+    assert result.get(timeout=5).status == p.HV_E_FAIL
+    assert first.closed.wait(5)
+    second = FakeDaemon(sockpath, ok_reply).start()
+    assert kernel.wait_registered(5, registrations=2)
+    thread.join(5)
+    first.close()
+    second.close()
+
+
+def test_events_record_what_the_driver_saw(kernel, sockpath):
+    seen: List[str] = []
+    kernel.on_event = lambda event: seen.append(event.kind)
+    daemon = FakeDaemon(sockpath, ok_reply).start()
+    assert kernel.wait_registered(5)
+    kernel.submit(HostRequest(p.OP_SET, 0, "k", "v"))
+    daemon.close()
+    assert wait_for(lambda: "close" in seen)
+    assert seen == ["open", "register", "request", "reply", "close"]
+    assert [e.kind for e in kernel.events] == seen
+
+
+# --------------------------------------------------------------------------- guest view
+
+
+def test_guest_view_decodes_records_cut_at_nul():
+    from pykvpd.simulator.guestview import decode_records
+
+    record = b"Key\0stale".ljust(512, b"\0") + b"Value\0old tail".ljust(2048, b"\0")
+    bad = b"\xffK".ljust(512, b"\0") + b"v".ljust(2048, b"\0")
+    assert decode_records(record + bad + b"partial") == [("Key", "Value"), ("\\xffK", "v")]
+    assert decode_records(b"") == []
+
+
+# --------------------------------------------------------------------------- command grammar
+
+
+def test_parse_value_types():
+    from pykvpd.simulator.scenario import CommandError, parse_value
+
+    assert parse_value("plain") == "plain"
+    assert parse_value("u32:42") == RegValue(42, p.REG_U32)
+    assert parse_value("u64:0x10") == RegValue(16, p.REG_U64)
+    assert parse_value("type:11:5") == RegValue(5, 11)
+    assert parse_value("type:2:%PATH%") == RegValue("%PATH%", 2)
+    assert parse_value("str:u32:42") == "u32:42"
+    with pytest.raises(CommandError):
+        parse_value("u32:many")
+
+
+def test_parse_pool_names_and_numbers():
+    from pykvpd.simulator.scenario import CommandError, parse_pool
+
+    assert [parse_pool(w) for w in ("0", "guest", "AUTO", "auto-external", "255")] == [
+        0,
+        1,
+        2,
+        3,
+        255,
+    ]
+    with pytest.raises(CommandError):
+        parse_pool("256")
+    with pytest.raises(CommandError):
+        parse_pool("pool")
+
+
+def test_load_scenario_line_and_json_formats():
+    from pykvpd.simulator.scenario import load_scenario
+
+    text = "# comment\n\nhost add Key 'two words'  # trailing\nexpect guest 0 Key 'two words'\n"
+    steps, options = load_scenario(text)
+    assert steps == [
+        (3, ["host", "add", "Key", "two words"]),
+        (4, ["expect", "guest", "0", "Key", "two words"]),
+    ]
+    assert options == {}
+    steps, options = load_scenario(
+        '{"timeout": 2, "guest_parameters": {"HostName": "H"}, '
+        '"steps": ["intrinsic", ["add", "K", "v w"]]}'
+    )
+    assert steps == [(1, ["intrinsic"]), (2, ["add", "K", "v w"])]
+    assert options == {"timeout": 2, "guest_parameters": {"HostName": "H"}}
+    assert load_scenario('["guest"]')[0] == [(1, ["guest"])]
+
+
+def test_control_requests_in_three_shapes():
+    from pykvpd.simulator.scenario import CommandError
+    from pykvpd.simulator.serve import parse_control_request
+
+    assert parse_control_request("\"add K 'v w'\"") == ["add", "K", "v w"]
+    assert parse_control_request('["add", "K", 5]') == ["add", "K", "5"]
+    assert parse_control_request('{"cmd": "remove", "args": ["K"]}') == ["remove", "K"]
+    with pytest.raises(CommandError):
+        parse_control_request('{"args": []}')
+    with pytest.raises(ValueError):
+        parse_control_request("not json")
+
+
+def test_session_against_the_fake_daemon(kernel, guest, tmp_path):
+    from pykvpd.simulator.scenario import Session
+    from pykvpd.simulator.transcript import Transcript
+
+    out = io.StringIO()
+    session = Session(Host(kernel), Transcript(out))
+    assert session.execute("host add Env prod")["status"] == "HV_S_OK"
+    result = session.execute("add Env again")
+    assert result == {
+        "ok": False,
+        "status": "HV_ERROR_ALREADY_EXISTS",
+        "error": "AddKvpItems 'Env': HV_ERROR_ALREADY_EXISTS",
+    }
+    assert session.execute("expect status HV_ERROR_ALREADY_EXISTS")["ok"]
+    assert session.execute("enumerate 0")["result"] == [
+        {"Name": "Env", "Data": "prod", "Source": 0}
+    ]
+    assert session.execute("expect host 0 Env prod")["ok"]
+    assert not session.execute("expect host 0 Env other")["ok"]
+    assert not session.execute("expect host-missing 0 Env")["ok"]
+    assert session.failed_checks == 2
+    assert not session.execute("guest show 0")["ok"]  # no pool directory in this session
+    assert "unknown command" in session.execute("frobnicate")["error"]
+    text = out.getvalue()
+    assert "HOST   AddKvpItems Env = prod" in text
+    assert "CHECK  FAILED: host pool 0 'Env': 'prod', expected 'other'" in text

@@ -200,7 +200,8 @@ def run_guest_tool(pool_dir: str, args: Sequence[str]) -> str:
         )
         if result.returncode != 0:
             raise RuntimeError(
-                f"kvp {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+                f"kvp {shlex.join(words)[:200]} failed ({result.returncode}): "
+                f"{result.stderr.strip()}"
             )
         return "kvp " + " ".join(shlex.quote(a) for a in words)
     return _pool_api(pool_dir, args)
