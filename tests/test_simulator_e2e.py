@@ -146,3 +146,57 @@ def test_sigterm_stops_the_daemon_cleanly(vm):
     vm.start_daemon()
     assert vm.kernel.registrations == 2
     assert vm.host.enumerate(0) == [Item("k", "v", 0)]
+
+
+# --------------------------------------------------------------------------- same host view
+
+
+def host_session(kernel, pool_dir: str):
+    """One host session; returns (outcome per step, host view of pools 0, 1 and 3)."""
+    from pykvpd.simulator.host import Host
+
+    host = Host(kernel)
+    outcomes = []
+
+    def step(name, action):
+        try:
+            action()
+            outcomes.append((name, "ok"))
+        except HostError as exc:
+            outcomes.append((name, exc.status_name))
+
+    step("push", lambda: host.push_guest_parameters({"VirtualMachineName": "diff-vm"}))
+    items = {"Env": "prod", "Count": 42, "Big": 2**40, "Uni": "caf\u00e9 \U0001f600 \ud800x"}
+    step("add", lambda: host.add_kvp_items(items))
+    step("add again", lambda: host.add_kvp_items({"Env": "again"}))
+    step("modify", lambda: host.modify_kvp_items({"Env": "staging"}))
+    step("remove", lambda: host.remove_kvp_items(["Count"]))
+    step("remove missing", lambda: host.remove_kvp_items(["Missing"]))
+    run_guest_tool(pool_dir, ["set", "DeploymentState", "ready"])
+    views = {pool: host.enumerate(pool) for pool in (0, 1, 3)}
+    return outcomes, views
+
+
+def test_same_host_view_with_debians_daemon(tmp_path):
+    """The issue's bar: one host session, our daemon and Debian's, the same host view."""
+    from cdaemon import HarnessUnavailable, KvpPeer
+
+    try:
+        c_peer = KvpPeer.c(str(tmp_path / "c"))
+    except HarnessUnavailable as exc:
+        pytest.skip(str(exc))
+    os.makedirs(tmp_path / "c", exist_ok=True)
+    os.makedirs(tmp_path / "py", exist_ok=True)
+    with c_peer as c, KvpPeer.py(str(tmp_path / "py")) as ours:
+        c_outcomes, c_views = host_session(c.kernel, c.pool_dir)
+        py_outcomes, py_views = host_session(ours.kernel, ours.pool_dir)
+    assert py_outcomes == c_outcomes
+    assert c_outcomes[-1] == ("remove missing", "HV_S_CONT")
+    assert py_views == c_views
+    assert c_views[0] == [
+        Item("Env", "staging", 0),
+        Item("Big", "1099511627776", 0),
+        Item("Uni", "café 😀 x", 0),
+    ]
+    assert c_views[1] == [Item("DeploymentState", "ready", 1)]
+    assert Item("VirtualMachineName", "diff-vm", 3) in c_views[3]
