@@ -25,6 +25,7 @@ device (a socket truncates), and a second open gets EBUSY (here: connect succeed
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -33,7 +34,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Deque, List, Optional, Sequence, Union
 
 from pykvpd import protocol as p
 
@@ -314,6 +315,7 @@ STATE_INIT = "DEVICE_INIT"
 STATE_READY = "READY"
 STATE_REQ = "USERSPACE_REQ"
 
+MAX_EVENTS = 10_000  # the most recent driver events kept in ``FakeKernel.events``
 _RECV_SIZE = 65536  # larger than any message: longer writes are truncated to MSG_SIZE anyway
 
 
@@ -355,7 +357,7 @@ class FakeKernel:
         self.version = version
         self.on_event = on_event
         self.version_seen: Optional[int] = None  # register op of the last handshake: 100 or 4
-        self.events: List[Event] = []
+        self.events: Deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self.registrations = 0
         self.requests = 0  # host requests sent to the daemon
         self.replies = 0  # replies accepted
@@ -392,6 +394,7 @@ class FakeKernel:
         with self._lock:
             self._stopping = True
             conn = self._conn
+            self._lock.notify_all()  # requests waiting for a daemon give up now
         if conn is not None:
             self._drop(conn, "simulator shutting down")
         if self._listener is not None:
@@ -507,7 +510,10 @@ class FakeKernel:
 
     def _queue(self, raw_msg: bytes, limit: float) -> _Pending:
         with self._lock:
-            if not self._lock.wait_for(lambda: self._state == STATE_READY, limit):
+            ready = self._lock.wait_for(lambda: self._state == STATE_READY or self._stopping, limit)
+            if self._stopping:
+                raise NotRegistered("the simulated device is closed")
+            if not ready:
                 raise NotRegistered(f"no daemon registered within {limit:g} s")
             pending = _Pending()
             self._pending = pending
