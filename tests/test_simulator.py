@@ -858,3 +858,15 @@ def test_session_against_the_fake_daemon(kernel, guest, tmp_path):
     text = out.getvalue()
     assert "HOST   AddKvpItems Env = prod" in text
     assert "CHECK  FAILED: host pool 0 'Env': 'prod', expected 'other'" in text
+
+
+def test_closing_the_simulator_fails_a_request_waiting_for_a_daemon(sockpath):
+    kern = FakeKernel(sockpath, timeout=60.0).start()
+    result: queue.Queue[k.HostReply] = queue.Queue()
+    thread = threading.Thread(target=lambda: result.put(kern.submit(HostRequest(p.OP_GET, 0))))
+    thread.start()
+    assert wait_for(lambda: kern._channel.locked())
+    kern.close()
+    reply = result.get(timeout=10)
+    assert reply.status == p.HV_E_FAIL and "closed" in reply.detail
+    thread.join(5)
