@@ -381,14 +381,15 @@ def test_crash_mid_append_is_completed_by_next_set(pf, pool_path):
 def test_crash_mid_delete_is_completed(pf, pool_path):
     a, b, c, d = (R(k, k * 2) for k in (b"a", b"b", b"c", b"d"))
     # delete "b": the tail c+d moves up one slot, then the file shrinks to 3 records.
-    crash(pool_path, 4 * RS, 3 * RS, [(RS, c + d)], a + c + c + d)  # killed after one record
+    # killed after one record; the journal remembers what the shifted region held (b + c)
+    crash(pool_path, 4 * RS, 3 * RS, [(RS, c + d, b + c)], a + c + c + d)
     assert [pf.enumerate(i).key for i in range(4) if pf.enumerate(i)] == [b"a", b"c", b"d"]
     assert pool_path.read_bytes() == a + c + d
 
 
 def test_crash_after_apply_before_truncate_of_delete(pf, pool_path):
     a, b, c = (R(k, k) for k in (b"a", b"b", b"c"))
-    crash(pool_path, 3 * RS, 2 * RS, [(0, b + c)], b + c + c)  # data written, size not yet cut
+    crash(pool_path, 3 * RS, 2 * RS, [(0, b + c, a + b)], b + c + c)  # written, size not yet cut
     assert pf.delete("zzz") is False
     assert pool_path.read_bytes() == b + c
 
@@ -454,16 +455,13 @@ def test_init_files_completes_interrupted_change(tmp_path: Path):
 
 
 def test_journal_round_trip():
-    writes = [(0, b"abc"), (RS * 7, b"x" * 3000)]
+    writes = [(0, b"abc", b"old"), (RS * 7, b"x" * 3000, b"")]
     assert P._decode_journal(P._encode_journal(5, 9, writes)) == (5, 9, writes)
+    # a write given without its old bytes was beyond the end of the file
+    assert P._decode_journal(P._encode_journal(5, 9, [(0, b"abc")])) == (5, 9, [(0, b"abc", b"")])
     assert P._decode_journal(b"") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stale journal is replayed blindly over a file a foreign (flock) writer has "
-    "rewritten since the crash; the foreign writer's record is overwritten",
-)
 def test_stale_journal_not_replayed_over_foreign_rewrite(pf, pool_path):
     """Killed between journal fsync and apply; cloud-init then truncates pool 1 at boot and
     appends two records of its own (under flock, honouring our lock but not our journal)."""
@@ -638,11 +636,6 @@ def test_partial_trailing_record_kept_by_delete(pf, pool_path):
     assert pool_path.read_bytes() == R(b"b", b"2") + tail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modifying an existing key truncates the file to count*2560, silently dropping "
-    "a partial trailing record (pools.py PoolFile.set, modify branch)",
-)
 def test_partial_trailing_record_kept_by_modify(pf, pool_path):
     tail = b"partial"
     write(pool_path, R(b"a", b"1") + tail)
@@ -650,11 +643,6 @@ def test_partial_trailing_record_kept_by_modify(pf, pool_path):
     assert pool_path.read_bytes() == R(b"a", b"2") + tail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the padded partial record has the key being added, set() appends a "
-    "duplicate after it and get() keeps returning the partial record's old value",
-)
 def test_set_after_padding_partial_record_with_same_key(pf, pool_path):
     write(pool_path, R(b"a", b"1") + b"foo\0".ljust(512, b"\0") + b"old")
     pf.set("foo", "new")
