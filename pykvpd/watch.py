@@ -1,0 +1,340 @@
+"""Turn pool-file changes into key events (inotify, no polling) and run commands on them.
+
+Semantics follow ``xenstore-watch``: a watch reports the current state once when it starts, then
+one event per key that was added, modified or deleted between two successive reads of a pool.
+Every read is taken under the pool's shared lock after inotify said the file changed, so it sees
+a whole state of the file, never half a write. Changes faster than a read coalesce per key (two
+quick SETs of one key are one ``modify`` with the last value), as xenstore watches do; a change
+that is undone before the read is not reported. Nothing is reported when nothing changed.
+
+The directory is watched rather than the files, so a pool file created, deleted or replaced by
+rename (Ignition rewrites the pools) is followed; a missing directory is waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from . import inotify
+from .pools import POOL_LABELS, PoolError, PoolFile, pool_filename
+
+log = logging.getLogger(__name__)
+
+OPS = ("initial", "add", "modify", "delete")
+
+_DIR_MASK = (
+    inotify.IN_MODIFY
+    | inotify.IN_CLOSE_WRITE
+    | inotify.IN_CREATE
+    | inotify.IN_DELETE
+    | inotify.IN_MOVED_FROM
+    | inotify.IN_MOVED_TO
+    | inotify.IN_DELETE_SELF
+    | inotify.IN_MOVE_SELF
+    | inotify.IN_ONLYDIR
+)
+_PARENT_MASK = inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_ONLYDIR
+_GONE = inotify.IN_IGNORED | inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
+_RETRY_SECONDS = 1.0  # after a lock timeout or read error: try that pool again this much later
+
+KeyFilter = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One event: ``value`` is None for ``delete``; ``old_value`` is None for initial/add."""
+
+    op: str
+    pool: int
+    key: str
+    value: Optional[str]
+    old_value: Optional[str] = None
+
+    @property
+    def pool_name(self) -> str:
+        return POOL_LABELS[self.pool]
+
+
+def pool_state(pool: PoolFile) -> Dict[str, str]:
+    """Key -> value of a pool's valid records, first occurrence of a key (as GET sees it)."""
+    state: Dict[str, str] = {}
+    for rec in pool.valid_records():
+        state.setdefault(rec.text_key, rec.text_value)
+    return state
+
+
+def diff(pool: int, old: Dict[str, str], new: Dict[str, str]) -> List[Change]:
+    """Deletes (in old file order), then adds and modifies (in new file order)."""
+    changes = [Change("delete", pool, k, None, v) for k, v in old.items() if k not in new]
+    for key, value in new.items():
+        if key not in old:
+            changes.append(Change("add", pool, key, value))
+        elif old[key] != value:
+            changes.append(Change("modify", pool, key, value, old[key]))
+    return changes
+
+
+class PoolWatcher:
+    """Follows the chosen pools of one directory and reports changes of the matching keys."""
+
+    def __init__(
+        self,
+        directory: str,
+        pools: Iterable[int],
+        match: Optional[KeyFilter] = None,
+        lock_timeout: float = 20.0,
+    ) -> None:
+        self.directory = directory
+        self.pools = list(pools)
+        self._match = match or (lambda key: True)
+        self._names = {pool_filename(n): n for n in self.pools}
+        self._ino = inotify.Inotify()
+        self._wd: Optional[int] = None
+        self._parent_wd: Optional[int] = None
+        self._files = {
+            n: PoolFile(
+                os.path.join(directory, pool_filename(n)),
+                writable=False,
+                lock_timeout=lock_timeout,
+            )
+            for n in self.pools
+        }
+        self._state: Dict[int, Dict[str, str]] = {n: {} for n in self.pools}
+        self._dirty: Set[int] = set(self.pools)
+        self._retry_at: Optional[float] = None
+        self._arm()  # watch first, read second: no change between the two is missed
+
+    # ----------------------------------------------------------------- inotify plumbing
+
+    def fileno(self) -> int:
+        return self._ino.fileno()
+
+    def _arm(self) -> None:
+        """Watch the directory, or its parent until the directory appears."""
+        try:
+            self._wd = self._ino.add_watch(self.directory, _DIR_MASK)
+        except FileNotFoundError:
+            self._wd = None
+        except OSError as exc:
+            raise PoolError(f"{self.directory}: cannot watch: {exc.strerror}") from None
+        if self._wd is not None:
+            if self._parent_wd is not None:
+                self._forget(self._parent_wd)
+                self._parent_wd = None
+            return
+        parent = os.path.dirname(os.path.abspath(self.directory))
+        try:
+            self._parent_wd = self._ino.add_watch(parent, _PARENT_MASK)
+        except OSError as exc:
+            raise PoolError(
+                f"{self.directory}: no such directory, and cannot watch {parent}: {exc.strerror}"
+            ) from None
+        log.info("%s does not exist yet; waiting for it", self.directory)
+        # It may have appeared between the two add_watch calls.
+        if os.path.isdir(self.directory):
+            self._arm()
+
+    def _forget(self, wd: int) -> None:
+        with contextlib.suppress(OSError):  # already gone (removed with the directory)
+            self._ino.rm_watch(wd)
+
+    def _handle(self, events: Sequence[inotify.Event]) -> None:
+        base = os.path.basename(os.path.normpath(self.directory))
+        for event in events:
+            if event.mask & inotify.IN_Q_OVERFLOW:
+                self._dirty.update(self.pools)
+            elif event.wd == self._wd and self._wd is not None:
+                if event.mask & _GONE:
+                    if not event.mask & inotify.IN_IGNORED:
+                        self._forget(self._wd)
+                    self._wd = None
+                    self._dirty.update(self.pools)
+                    self._arm()
+                elif event.name in self._names:
+                    self._dirty.add(self._names[event.name])
+            elif event.wd == self._parent_wd and event.name == base:
+                self._arm()
+                self._dirty.update(self.pools)
+
+    # ----------------------------------------------------------------- state
+
+    def state(self, pool: int) -> Dict[str, str]:
+        """The last state read of a pool (matching keys only)."""
+        return self._state[pool]
+
+    def _read(self, pool: int) -> Optional[Dict[str, str]]:
+        """The pool's matching keys now, {} if the file is missing, None if unreadable now."""
+        path = self._files[pool].path
+        try:
+            full = pool_state(self._files[pool])
+        except PoolError as exc:
+            if not os.path.exists(path):
+                self._files[pool].close()
+                return {}
+            log.warning("%s (will retry)", exc)
+            return None
+        return {k: v for k, v in full.items() if self._match(k)}
+
+    def _refresh(self) -> List[Change]:
+        changes: List[Change] = []
+        for pool in self.pools:
+            if pool not in self._dirty:
+                continue
+            new = self._read(pool)
+            if new is None:
+                self._retry_at = time.monotonic() + _RETRY_SECONDS
+                continue
+            self._dirty.discard(pool)
+            changes.extend(diff(pool, self._state[pool], new))
+            self._state[pool] = new
+        return changes
+
+    def initial(self) -> List[Change]:
+        """Read every pool; one ``initial`` event per matching key present now."""
+        self._handle(self._ino.read_events())
+        changes = self._refresh()
+        return [Change("initial", c.pool, c.key, c.value) for c in changes if c.op == "add"]
+
+    def changes(self, timeout: Optional[float] = None) -> List[Change]:
+        """Block until some matching key changed; [] when ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._handle(self._ino.read_events())
+            now = time.monotonic()
+            if self._dirty and (self._retry_at is None or now >= self._retry_at):
+                self._retry_at = None
+                found = self._refresh()
+                if found:
+                    return found
+            waits = [t - now for t in (deadline, self._retry_at) if t is not None]
+            wait = max(0.0, min(waits)) if waits else None
+            if deadline is not None and now >= deadline:
+                return []
+            select.select([self._ino.fileno()], [], [], wait)
+
+    def close(self) -> None:
+        for pool in self._files.values():
+            pool.close()
+        self._ino.close()
+
+    def __enter__(self) -> PoolWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_for(
+    watcher: PoolWatcher,
+    key: str,
+    value: Optional[str] = None,
+    timeout: Optional[float] = None,
+) -> Optional[Tuple[int, str]]:
+    """(pool, value) once ``key`` is present (with ``value`` if given) in the first pool of the
+    watcher's order that has it; None after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def found() -> Optional[Tuple[int, str]]:
+        for pool in watcher.pools:
+            have = watcher.state(pool).get(key)
+            if have is not None and (value is None or have == value):
+                return pool, have
+        return None
+
+    watcher.initial()
+    while True:
+        hit = found()
+        if hit is not None:
+            return hit
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        watcher.changes(left)
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class HookRunner:
+    """Runs one command per event, one at a time, with a per-run timeout; never raises.
+
+    The command gets ``KVP_POOL`` (number), ``KVP_POOL_NAME``, ``KVP_KEY`` and ``KVP_OP`` in its
+    environment and the value on stdin (empty for ``delete``). It runs in its own session, so a
+    timeout kills it and everything it started.
+    """
+
+    def __init__(self, argv: Sequence[str], timeout: Optional[float], grace: float = 2.0) -> None:
+        self.argv = list(argv)
+        self.timeout = timeout
+        self.grace = grace
+        self.current: Optional[subprocess.Popen] = None
+
+    def run(self, change: Change) -> Optional[int]:
+        """The command's exit status, or None if it could not start or timed out."""
+        env = dict(os.environ)
+        env.update(
+            KVP_POOL=str(change.pool),
+            KVP_POOL_NAME=change.pool_name,
+            KVP_KEY=change.key,
+            KVP_OP=change.op,
+        )
+        data = (change.value or "").encode("utf-8")
+        try:
+            proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, env=env, start_new_session=True
+            )
+        except OSError as exc:
+            log.error("cannot run %s: %s", self.argv[0], exc.strerror or exc)
+            return None
+        self.current = proc
+        try:
+            proc.communicate(data, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            log.error(
+                "%s (%s %s) still running after %g s: killed",
+                self.argv[0],
+                change.op,
+                change.key,
+                self.timeout,
+            )
+            self.kill()
+            return None
+        finally:
+            self.current = None
+        if proc.returncode != 0:
+            log.warning(
+                "%s (%s %s) exited with status %d",
+                self.argv[0],
+                change.op,
+                change.key,
+                proc.returncode,
+            )
+        else:
+            log.info("%s (%s %s) done", self.argv[0], change.op, change.key)
+        return proc.returncode
+
+    def kill(self) -> None:
+        """Stop the running command and its process group: SIGTERM, then SIGKILL after grace."""
+        proc = self.current
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, self.grace), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if proc.stdin:
+            proc.stdin.close()
