@@ -135,6 +135,7 @@ class KvpPeer:
         extra_args: Sequence[str] = (),
         kernel_version: str = kernel_mod.DRIVER_VERSION,
         netns_setup: Optional[str] = None,
+        python: Optional[str] = None,
     ) -> None:
         if kind not in ("c", "py"):
             raise ValueError(f"kind must be 'c' or 'py', not {kind!r}")
@@ -144,6 +145,7 @@ class KvpPeer:
         self.timeout = timeout
         self.extra_args = list(extra_args)
         self.kernel_version = kernel_version
+        self.python = python or sys.executable  # the interpreter that runs our daemon
         self.netns_setup = netns_setup  # shell commands run in a fresh network namespace
         if netns_setup is not None and not self.namespace:
             raise ValueError("netns_setup needs namespace=True")
@@ -198,7 +200,7 @@ class KvpPeer:
             daemon = ["env", f"LD_PRELOAD={preload_library()}", f"HVKVP_SOCKET={self.socket_path}"]
             daemon += [C_DAEMON, "-n"]
         else:
-            daemon = [sys.executable, "-m", "pykvpd", "-n", "--device", self.socket_path]
+            daemon = [self.python, "-m", "pykvpd", "-n", "--device", self.socket_path]
             daemon += ["--config", os.path.join(self.workdir, "no-such-pykvpd.conf")]
             daemon += ["--status-file", os.path.join(self.workdir, f"{self.kind}-status.json")]
             if not self.namespace:
