@@ -270,7 +270,8 @@ def _replayable(fd: int, before: int, after: int, writes: Sequence[Write]) -> bo
     if not (size in (before, after) or min(before, after) < size < max(before, after)):
         return False
     return all(
-        _interrupted_state(os.pread(fd, len(new), offset), new, old) for offset, new, old in writes
+        _interrupted_state(os.pread(fd, max(len(new), len(old)), offset), new, old)
+        for offset, new, old in writes
     )
 
 
@@ -703,12 +704,13 @@ class PoolFile:
         assert jfd is not None
         size_before = os.fstat(fd).st_size
         try:
-            olds = [os.pread(fd, len(data), offset) for offset, data in writes]
+            journaled = [(o, d, os.pread(fd, len(d), o)) for o, d in writes]
+            if size_after < size_before:  # remember what the truncation cuts, to recognise it
+                cut = os.pread(fd, size_before - size_after, size_after)
+                journaled.append((size_after, b"", cut))
         except OSError as exc:
             raise PoolError(f"{self.path}: read failed: {exc.strerror}") from None
-        journal = _encode_journal(
-            size_before, size_after, [(o, d, old) for (o, d), old in zip(writes, olds)]
-        )
+        journal = _encode_journal(size_before, size_after, journaled)
         try:
             os.ftruncate(jfd, 0)
             _pwrite_all(jfd, journal, 0)
