@@ -357,11 +357,13 @@ def fsck_findings(data: bytes) -> List[Finding]:
     folded: Dict[str, int] = {}
     for i, rec in enumerate(image.records):
         offset = i * RECORD_SIZE
-        if not any(raw[i]):
-            found.append(Finding(EMPTY_RECORD, i, offset, "record is all zero bytes"))
-            continue
         if rec.problem:
             found.append(Finding(_record_problem_kind(rec.problem), i, offset, rec.problem))
+            continue
+        if not rec.key and not rec.value:
+            junk = sum(1 for b in raw[i] if b)
+            detail = f" (and {junk} stray bytes after the NULs)" if junk else " (all zero bytes)"
+            found.append(Finding(EMPTY_RECORD, i, offset, "empty key and value" + detail))
             continue
         for name, part in (("key", raw[i][:KEY_SIZE]), ("value", raw[i][KEY_SIZE:])):
             stale = _stale_bytes(part)
