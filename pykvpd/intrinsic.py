@@ -217,8 +217,10 @@ def select_addresses(
 
 def resolve_canonical_name(hostname: str) -> str:
     """``getaddrinfo(hostname, AF_INET, AI_CANONNAME)``'s canonical name ("" when there is none)."""
+    # An ASCII name goes as bytes: a str would load the IDNA codec (and unicodedata) for nothing.
+    host = hostname.encode("ascii") if hostname.isascii() else hostname
     results = socket.getaddrinfo(
-        hostname, None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_CANONNAME
+        host, None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_CANONNAME
     )
     return results[0][3] if results else ""
 
