@@ -11,7 +11,6 @@ import configparser
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 DEFAULT_PATH = "/etc/pykvpd.conf"
@@ -34,12 +33,15 @@ class ConfigError(ValueError):
         super().__init__(message)
 
 
-@dataclass
 class Config:
-    """Daemon settings; command-line options override them."""
+    """Daemon settings; command-line options override them.
+
+    A plain class rather than a dataclass: importing dataclasses (and inspect with it) costs
+    the daemon more than a megabyte of RSS.
+    """
 
     pool_dir: str = "/var/lib/hyperv"
-    ip_injection: str = "off"
+    ip_injection: str = "on"
     # fnmatch patterns of interfaces left out of the Auto pool's address lists. Empty by
     # default so the host sees what the C daemon reports; "docker* veth* virbr*" is typical.
     exclude_interfaces: Tuple[str, ...] = ()
@@ -47,7 +49,34 @@ class Config:
     debug: bool = False
     debug_values: bool = False
     wait_device: float = 10.0
-    source: Optional[str] = field(default=None, compare=False)  # file read, None for defaults
+    source: Optional[str] = None  # the file read, None for defaults; not part of equality
+
+    _FIELDS = (
+        "pool_dir",
+        "ip_injection",
+        "exclude_interfaces",
+        "pool_file_mode",
+        "debug",
+        "debug_values",
+        "wait_device",
+    )
+
+    def __init__(self, source: Optional[str] = None, **values: object) -> None:
+        unknown = set(values) - set(self._FIELDS)
+        if unknown:
+            raise TypeError(f"unknown Config fields: {', '.join(sorted(unknown))}")
+        for name in self._FIELDS:
+            setattr(self, name, values.get(name, getattr(type(self), name)))
+        self.source = source
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self._FIELDS)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._FIELDS)
+        return f"Config({inner}, source={self.source!r})"
 
     def excludes_interface(self, name: str) -> bool:
         """Whether interface ``name`` matches one of the exclusion patterns."""

@@ -130,7 +130,9 @@ class Daemon:
     def connect(self, first: bool) -> None:
         """Open the device (waiting for it if allowed) and register; raises on fatal errors."""
         device = self.args.device
-        wait = self.args.wait_device if self.args.wait_device is not None else 0.0
+        wait = self.args.wait_device
+        if wait is None:  # a config file may set it; without one, exit at once as the C daemon
+            wait = self.config.wait_device if self.config.source else 0.0
         if first and wait > 0 and not os.path.exists(device):
             log.info("waiting up to %g s for %s", wait, device)
             if not transport.wait_for_device(device, wait):

@@ -14,8 +14,7 @@ Status mapping (spec §1.3, §9 row 28):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 from . import protocol as p
 from .pools import PoolDir, PoolError
@@ -33,8 +32,7 @@ class NetConfigSource(Protocol):
     def set_ip_info(self, request: p.IpInfo) -> int: ...
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The reply to write plus what the daemon logs about it (values only when asked to)."""
 
     reply: bytes

@@ -11,8 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 # <net/if.h> interface flags (the ones callers look at).
 IFF_UP = 0x1
@@ -57,8 +56,7 @@ _Ifaddrs._fields_ = [
 ]
 
 
-@dataclass(frozen=True)
-class IfAddr:
+class IfAddr(NamedTuple):
     """One address of one interface, as ``getifaddrs()`` reported it."""
 
     ifname: str  # IPv4 alias addresses carry their label, e.g. "eth0:1"

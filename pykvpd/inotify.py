@@ -13,8 +13,7 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import List, NamedTuple, Optional, Union
 
 # Event masks from <sys/inotify.h>.
 IN_ACCESS = 0x00000001
@@ -50,8 +49,7 @@ _READ_SIZE = 64 * 1024  # room for many events per read() call
 PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One ``struct inotify_event``; ``name`` is "" for events on the watched path itself."""
 
     wd: int

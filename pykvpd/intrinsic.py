@@ -22,8 +22,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from . import ifaddrs
 
@@ -63,8 +62,7 @@ class UnameResult(Protocol):
     machine: str
 
 
-@dataclass(frozen=True)
-class OsInfo:
+class OsInfo(NamedTuple):
     """The OS values of the Auto pool, computed once (they only change with a reboot)."""
 
     name: str  # OSName
@@ -225,8 +223,7 @@ def resolve_canonical_name(hostname: str) -> str:
     return results[0][3] if results else ""
 
 
-@dataclass(frozen=True)
-class _Cached:
+class _Cached(NamedTuple):
     host: str
     value: str
     expires: float

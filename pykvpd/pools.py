@@ -38,8 +38,7 @@ import struct
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .protocol import MAX_KEY_SIZE, MAX_VALUE_SIZE, POOL_COUNT
 
@@ -106,8 +105,7 @@ def _as_bytes(text: Text) -> bytes:
 # --------------------------------------------------------------------------- records
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One decoded record. ``problem`` is None for a record every reader can use.
 
     ``key``/``value`` are the bytes before the first NUL of each field; for a field without a NUL
@@ -171,8 +169,7 @@ def check_sizes(key: bytes, value: bytes) -> None:
         raise RecordTooLarge(f"value is {len(value)} bytes; the limit is {VALUE_SIZE - 1}")
 
 
-@dataclass(frozen=True)
-class PoolImage:
+class PoolImage(NamedTuple):
     """Everything a reader can say about a pool file's bytes."""
 
     records: Tuple[Record, ...]

@@ -8,8 +8,7 @@ match the kernel header, so a layout change breaks the build instead of the host
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 MSG_SIZE = 7432  # sizeof(struct hv_kvp_msg)
 
@@ -109,8 +108,7 @@ class MalformedMessage(ValueError):
 # --------------------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class KeyRequest:
+class KeyRequest(NamedTuple):
     """GET, SET or DELETE of one key in one pool."""
 
     op: int
@@ -119,16 +117,14 @@ class KeyRequest:
     value: Optional[bytes] = None  # SET only; None when the kernel sent value_size 0
 
 
-@dataclass(frozen=True)
-class EnumerateRequest:
+class EnumerateRequest(NamedTuple):
     """ "Give me record #index of pool P"; the host walks 0, 1, 2, ... until HV_S_CONT."""
 
     pool: int
     index: int
 
 
-@dataclass(frozen=True)
-class IpInfo:
+class IpInfo(NamedTuple):
     """The string fields of ``struct hv_kvp_ipaddr_value`` (daemon side: UTF-8)."""
 
     adapter_id: str
@@ -140,16 +136,14 @@ class IpInfo:
     dns_addr: str = ""
 
 
-@dataclass(frozen=True)
-class IpRequest:
+class IpRequest(NamedTuple):
     """GET_IP_INFO (adapter_id = MAC) or SET_IP_INFO (adapter_id = VMBus GUID)."""
 
     op: int
     info: IpInfo
 
 
-@dataclass(frozen=True)
-class RegisterReply:
+class RegisterReply(NamedTuple):
     """The kernel's answer to our REGISTER1; carries IntegrationServicesVersion."""
 
     op: int

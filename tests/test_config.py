@@ -17,7 +17,7 @@ def test_missing_file_gives_defaults(tmp_path):
     config = load_config(str(tmp_path / "absent.conf"))
     assert config == Config()
     assert config.pool_dir == "/var/lib/hyperv"
-    assert config.ip_injection == "off"
+    assert config.ip_injection == "on"  # as the C daemon: SET_IP_INFO is applied
     assert config.exclude_interfaces == ()
     assert config.pool_file_mode == 0o644
     assert (config.debug, config.debug_values, config.wait_device) == (False, False, 10.0)

@@ -89,7 +89,13 @@ def test_unit_hardening_at_least_debian():
     ):
         assert s[key] == "yes", key
     assert s["ProtectSystem"] == "strict"  # Debian: full
-    assert s["ReadWritePaths"] == "/var/lib/hyperv"
+    writable = [w for v in e[("Service", "ReadWritePaths")] for w in v.split()]
+    # The pools, plus exactly what IP injection needs on NetworkManager / networkd guests.
+    assert writable == [
+        "/var/lib/hyperv",
+        "-/etc/NetworkManager/system-connections",
+        "-/etc/systemd/network",
+    ]
     assert s["StateDirectory"] == "hyperv"
     assert s["RuntimeDirectory"] == "pykvpd"
     assert s["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"]
