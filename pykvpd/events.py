@@ -104,41 +104,14 @@ def read_raw(fd: int) -> bytes:
 
 
 def transact(pool: PoolFile, edit: Callable[[bytes, os.stat_result], Optional[bytes]]) -> bool:
-    """Replace a pool's bytes with ``edit(old_bytes, stat)`` in one journaled change.
-
-    Runs under the pool's exclusive lock (both lock families) after finishing any change a crashed
-    writer left in the journal, exactly like ``PoolFile.set``; ``edit`` returns None to change
-    nothing (returning the same bytes still commits, which updates the file's mtime). Only the
-    records from the first difference on are rewritten, in place (same inode). Returns True if
-    ``edit`` asked for a change.
-
-    This uses ``PoolFile``'s private ``_write``/``_commit``: it is the multi-record transaction
-    ``pools`` does not offer yet (see docs/kvp.md, "Batch writes").
-    """
-    with pool._write() as (fd, _count):
-        before = read_raw(fd)
-        after = edit(before, os.fstat(fd))
-        if after is None:
-            return False
-        same, limit = 0, min(len(before), len(after))
-        while (
-            same + RECORD_SIZE <= limit
-            and before[same : same + RECORD_SIZE] == after[same : same + RECORD_SIZE]
-        ):
-            same += RECORD_SIZE
-        writes = [(same, after[same:])] if len(after) > same else []
-        pool._commit(fd, writes, len(after))
-        pool._snapshot = None  # the cached records are stale: re-read on next access
-        return True
+    """Replace a pool's bytes with ``edit(old_bytes, stat)`` in one journaled change
+    (``PoolFile.transaction``); None from ``edit`` changes nothing."""
+    return pool.transaction(edit)
 
 
 def read_locked(pool: PoolFile) -> bytes:
-    """A pool's exact bytes (stale tails included) under its shared lock.
-
-    Uses ``PoolFile``'s private ``_locked``: ``pools`` offers decoded records only.
-    """
-    with pool._locked(exclusive=False) as fd:
-        return read_raw(fd)
+    """A pool's exact bytes (stale tails included) under its shared lock."""
+    return pool.raw()
 
 
 class RawPool:

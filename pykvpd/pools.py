@@ -38,7 +38,7 @@ import struct
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .protocol import MAX_KEY_SIZE, MAX_VALUE_SIZE, POOL_COUNT
 
@@ -673,6 +673,35 @@ class PoolFile:
         with self._write() as (fd, _count):
             self._commit(fd, [], 0)
             self._records, self._trailing, self._index = [], b"", {}
+
+    def raw(self) -> bytes:
+        """The file's exact bytes (stale tails after NULs included), under the shared lock."""
+        self._recover_if_needed()
+        with self._locked(exclusive=False) as fd:
+            return _read_all(fd, self.path)
+
+    def transaction(self, edit: Callable[[bytes, os.stat_result], Optional[bytes]]) -> bool:
+        """Replace the file's bytes with ``edit(old_bytes, stat)`` as one crash-safe change.
+
+        For multi-record edits (``kvp set --chunk``, ``kvp fsck --repair``). Runs under the
+        exclusive dual lock after completing any interrupted change; ``edit`` returns None to
+        leave the file alone. Only the records from the first difference on are rewritten, in
+        place (same inode), through the journal. True if ``edit`` asked for a change.
+        """
+        with self._write() as (fd, _count):
+            before = _read_all(fd, self.path)
+            after = edit(before, os.fstat(fd))
+            if after is None:
+                return False
+            same, limit = 0, min(len(before), len(after))
+            while (
+                same + RECORD_SIZE <= limit
+                and before[same : same + RECORD_SIZE] == after[same : same + RECORD_SIZE]
+            ):
+                same += RECORD_SIZE
+            self._commit(fd, [(same, after[same:])] if len(after) > same else [], len(after))
+            self._snapshot = None  # re-read on next access: the cache knows nothing of the edit
+            return True
 
     def _tail_fix(self, count: int) -> Tuple[List[Tuple[int, bytes]], int]:
         """Where a new record goes; a partial trailing record is zero-padded, never dropped."""
