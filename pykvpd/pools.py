@@ -360,6 +360,10 @@ class PoolFile:
         self._fd: Optional[int] = None
         self._journal_fd: Optional[int] = None
         self._records: List[Record] = []
+        # What ENUMERATE walks: the record list itself when every record is valid (kept right by
+        # the in-place updates), else a filtered copy rebuilt after a change. Computing it per
+        # request made a full enumeration of a large pool quadratic.
+        self._enum_view: Optional[List[Record]] = None
         self._trailing = b""
         self._index: Dict[bytes, int] = {}
         self._snapshot: Optional[Tuple[int, ...]] = None
@@ -499,6 +503,7 @@ class PoolFile:
         data = _read_all(fd, self.path)
         image = decode_pool(data)
         self._records = list(image.records)
+        self._enum_view = None
         self._trailing = image.trailing
         self._reindex()
         self._snapshot = self._stat_key(fd)
@@ -506,7 +511,13 @@ class PoolFile:
             self._watch.mark_clean(self.name)
         self._report_damage(image)
 
+    def _changed(self) -> None:
+        """The record list changed: a filtered enumeration view must be rebuilt."""
+        if self._enum_view is not self._records:
+            self._enum_view = None
+
     def _reindex(self) -> None:
+        self._changed()
         index: Dict[bytes, int] = {}
         for i, rec in enumerate(self._records):
             if not rec.problem or not rec.problem.startswith("key has no NUL"):
@@ -586,10 +597,15 @@ class PoolFile:
         self._recover_if_needed()
         with self._locked(exclusive=False) as fd:
             self._fresh(fd)
-            if not self._trailing and all_valid(self._records):
-                return self._records[index] if 0 <= index < len(self._records) else None
-            valid = [r for r in self._records if r.valid]
-            return valid[index] if 0 <= index < len(valid) else None
+            view = self._enum_view
+            if view is None:
+                view = (
+                    self._records
+                    if all_valid(self._records)
+                    else [r for r in self._records if r.valid]
+                )
+                self._enum_view = view
+            return view[index] if 0 <= index < len(view) else None
 
     def get(self, key: Text) -> Optional[bytes]:
         """Value of the first record whose key is exactly ``key`` (case-sensitive), or None."""
@@ -625,6 +641,7 @@ class PoolFile:
                 size = count * RECORD_SIZE + len(self._trailing)  # a partial tail stays as it is
                 self._commit(fd, [(pos * RECORD_SIZE, encode_record(k, v))], size)
                 self._records[pos] = Record(k, v)
+                self._changed()
                 return False
             if self._trailing and _padded(self._trailing).key == k:
                 # The partial record is this key's first occurrence: complete it with the value.
@@ -643,9 +660,11 @@ class PoolFile:
                 self._records.append(_padded(self._trailing))
                 self._trailing = b""
                 self._records.append(Record(k, v))
+                self._enum_view = None  # the padded record may be one a host cannot be shown
                 self._reindex()
             else:
                 self._records.append(Record(k, v))
+                self._changed()
             return True
 
     def delete(self, key: Text) -> bool:
@@ -673,6 +692,7 @@ class PoolFile:
         with self._write() as (fd, _count):
             self._commit(fd, [], 0)
             self._records, self._trailing, self._index = [], b"", {}
+            self._enum_view = None
 
     def raw(self) -> bytes:
         """The file's exact bytes (stale tails after NULs included), under the shared lock."""
