@@ -758,10 +758,9 @@ class PoolFile:
             raise PoolError(f"{self.path}: read failed: {exc.strerror}") from None
         journal = _encode_journal(size_before, size_after, journaled)
         try:
-            os.ftruncate(jfd, 0)
-            _pwrite_all(jfd, journal, 0)
+            _pwrite_all(jfd, journal, 0)  # the journal is empty between changes
             os.fdatasync(jfd)
-            _apply(fd, writes, size_after)
+            _apply(fd, writes, None if size_after == size_before else size_after)
             os.ftruncate(jfd, 0)
         except OSError as exc:
             self._snapshot = None
