@@ -18,10 +18,11 @@ is a race between two foreign programs that no third program can prevent; the al
 therefore requires exactness for kvp's and the rewriter's records, at-most-once for the
 appender's, and the two-family tests require exactness for everything.
 
-Hook for the daemon: ``host_set_writers`` returns extra writer commands. When the simulator can
-drive our daemon, return a command that runs the daemon against ``pool_dir`` and sends host SETs
-(and DELETEs) to ``pool`` for ``seconds``, logging each acknowledged change to ``ack_log`` in the
-same format (``key<TAB>value`` or ``key<TAB>`` + ``DELETED``).
+The daemon: ``host_set_writers`` runs our daemon against the same pool directory behind the
+simulator's fake kernel and sends host SETs (REG_SZ and REG_U32) and DELETEs to pool 1 -- the
+guest pool, where cloud-init also writes -- for the same time, logging each change the host got
+HV_S_OK for in the same format (``key<TAB>value`` or ``key<TAB>`` + ``DELETED``). Its records
+must be exact in every test that runs it.
 """
 
 from __future__ import annotations
@@ -131,12 +132,78 @@ with open(ack, "a", buffering=1) as log:
 """
 
 
-def host_set_writers(pool_dir: str, pool: int, seconds: float, ack_log: str) -> List[List[str]]:
-    """Commands for the daemon serving host SETs concurrently (none until the simulator lands).
+HOST_SET_WORKER = r"""
+import os, random, signal, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+from pykvpd import protocol as p
+from pykvpd.simulator.kernel import HostRequest
+from pykvpd.simulator.runner import SimulatedGuest
+pool_dir, pool, seconds, ack = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+rng = random.Random("host")
+state = {}  # what the host was last told about each of its keys (None: deleted)
+failures = []
+counts = {"set": 0, "delete": 0, "delete-absent": 0}
+workdir = tempfile.mkdtemp(prefix="kvp-conc-")
+guest = SimulatedGuest(workdir=workdir, pool_dir=pool_dir, timeout=30.0)
+guest.start()  # our daemon on the shared pool dir, registered with the fake kernel
+try:
+    deadline = time.monotonic() + seconds
+    n = 0
+    with open(ack, "a", buffering=1) as log:
+        while time.monotonic() < deadline and not failures:
+            n += 1
+            key = f"host-k{rng.randrange(6)}"
+            if rng.random() < 0.2:
+                reply = guest.kernel.submit(HostRequest(p.OP_DELETE, pool, key))
+                if reply.status == p.HV_S_OK:
+                    log.write(f"{key}\t\0DELETED\n")
+                    counts["delete"] += 1
+                    state[key] = None
+                elif reply.status == p.HV_S_CONT and state.get(key) is None:
+                    counts["delete-absent"] += 1  # never set, or already deleted: nothing to log
+                else:
+                    failures.append(f"DELETE {key} (last set {str(state.get(key))[:30]!r}) -> "
+                                    f"{reply.status_name} {reply.detail}")
+                continue
+            if rng.random() < 0.1:  # REG_U32, rendered in decimal by the kernel
+                value, shown = n, str(n)
+                request = HostRequest(p.OP_SET, pool, key, value, p.REG_U32)
+            else:  # REG_SZ up to ~1000 UTF-16 units, within what a host can send
+                shown = f"host-v{n}-" + "y" * rng.randrange(1000)
+                request = HostRequest(p.OP_SET, pool, key, shown, p.REG_SZ)
+            reply = guest.kernel.submit(request)
+            if reply.status != p.HV_S_OK:
+                failures.append(f"SET {key} -> {reply.status_name} {reply.detail}")
+                continue
+            log.write(f"{key}\t{shown}\n")
+            counts["set"] += 1
+            state[key] = shown
+finally:
+    code = guest.stop_daemon(signal.SIGTERM)
+    tail = guest.log_tail(40)
+    guest.close()
+    import shutil
+    shutil.rmtree(workdir, ignore_errors=True)
+print(f"[host-set] {counts} on pool {pool}; daemon exit {code}", file=sys.stderr)
+if failures or code != 0:
+    print("\n".join(failures) + "\n--- daemon log ---\n" + tail, file=sys.stderr)
+    sys.exit(1)
+"""
 
-    See the module docstring for the contract.
+
+def host_set_writers(pool_dir: str, pool: int, seconds: float, ack_log: str) -> List[List[str]]:
+    """Our daemon (behind the simulator's fake kernel) serving host SETs/DELETEs on ``pool``.
+
+    One process: it starts the daemon on ``pool_dir`` exactly as the simulator does (own
+    socket, status file and config in a temporary directory), waits for its registration, then
+    sends host SET (REG_SZ and REG_U32) and DELETE requests to keys ``host-k0..5`` for
+    ``seconds``. A SET is logged once the host got HV_S_OK; a DELETE once it got HV_S_OK. A
+    DELETE answered HV_S_CONT is only expected for a key the host never set or already deleted
+    (only the host writes these keys); any other failed request, or a daemon that does not exit
+    0 on SIGTERM, makes the worker exit 1 with the daemon's log.
     """
-    return []
+    return [[sys.executable, "-c", HOST_SET_WORKER, ROOT, pool_dir, str(pool), str(seconds),
+             ack_log]]
 
 
 def _acks(path: str) -> Dict[str, str]:
@@ -149,6 +216,22 @@ def _acks(path: str) -> Dict[str, str]:
             key, _, value = line.rstrip("\n").partition("\t")
             last[key] = value
     return last
+
+
+def _ack_counts(directory: str) -> Dict[str, int]:
+    """How many changes each kind of writer got acknowledged (every line, not just the last)."""
+    counts: Dict[str, int] = {}
+    for name in os.listdir(directory):
+        if name.endswith(".ack"):
+            kind = _kind(name)
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                counts[kind] = counts.get(kind, 0) + sum(1 for _ in f)
+    return counts
+
+
+def _kind(ack_name: str) -> str:
+    """``kvp0.ack`` / ``kvpproc.ack`` -> kvp, ``daemon.ack`` -> daemon, ..."""
+    return {"kvpproc": "kvp"}.get(ack_name[:-4], ack_name[:-4].rstrip("0123456789"))
 
 
 def _run_writers(tmp_path, kinds: List[str]) -> Tuple[str, Dict[str, Dict[str, str]]]:
@@ -184,12 +267,12 @@ def _run_writers(tmp_path, kinds: List[str]) -> Tuple[str, Dict[str, Dict[str, s
         ack = str(tmp_path / "daemon.ack")
         for argv in host_set_writers(pool_dir, 1, SECONDS, ack):
             start("daemon", argv)
-    for _kind, proc in procs:
+    for _who, proc in procs:
         assert proc.wait(timeout=120) == 0
     by_kind: Dict[str, Dict[str, str]] = {}
     for name in os.listdir(tmp_path):
         if name.endswith(".ack"):
-            kind = {"kvpproc": "kvp"}.get(name[:-4], name[:-4].rstrip("0123456789"))
+            kind = _kind(name)
             by_kind.setdefault(kind, {}).update(_acks(str(tmp_path / name)))
     return pool, by_kind
 
@@ -222,7 +305,7 @@ def test_kvp_with_flock_appender(tmp_path):
     pool, acked = _run_writers(tmp_path, ["kvp", "flock", "daemon"])
     found, image = _file_state(pool)
     _check_clean(image)
-    assert acked["kvp"] and acked["flock"]
+    assert acked["kvp"] and acked["flock"] and acked["daemon"]
     for kind in acked:
         _check_exact(found, acked[kind])
     assert all(len(v) == 1 for v in found.values())
@@ -232,7 +315,7 @@ def test_kvp_with_classic_fcntl_rewriter(tmp_path):
     pool, acked = _run_writers(tmp_path, ["kvp", "fcntl", "daemon"])
     found, image = _file_state(pool)
     _check_clean(image)
-    assert acked["kvp"] and acked["fcntl"]
+    assert acked["kvp"] and acked["fcntl"] and acked["daemon"]
     for kind in acked:
         _check_exact(found, acked[kind])
     assert all(len(v) == 1 for v in found.values())
@@ -244,15 +327,16 @@ def test_all_writers_at_once(tmp_path, capsys):
     _check_clean(image)
     _check_exact(found, acked["kvp"])
     _check_exact(found, acked["fcntl"])
-    if "daemon" in acked:
-        _check_exact(found, acked["daemon"])
+    _check_exact(found, acked["daemon"])
     assert all(len(v) == 1 for v in found.values())  # nothing duplicated by anyone
     flock = acked["flock"]
     present = sum(1 for key, value in flock.items() if found.get(key) == [value])
     lost = len(flock) - present
     with capsys.disabled():
+        counts = ", ".join(f"{k} {n}" for k, n in sorted(_ack_counts(str(tmp_path)).items()))
+        print(f"\n[concurrency] acknowledged changes per writer: {counts}")
         print(
-            f"\n[concurrency] flock appends kept {present}/{len(flock)}; {lost} lost to the "
+            f"[concurrency] flock appends kept {present}/{len(flock)}; {lost} lost to the "
             "classic-fcntl rewriter (a foreign-vs-foreign race, see module docstring)"
         )
     for key in flock:
