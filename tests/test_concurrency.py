@@ -202,8 +202,9 @@ def host_set_writers(pool_dir: str, pool: int, seconds: float, ack_log: str) -> 
     (only the host writes these keys); any other failed request, or a daemon that does not exit
     0 on SIGTERM, makes the worker exit 1 with the daemon's log.
     """
-    return [[sys.executable, "-c", HOST_SET_WORKER, ROOT, pool_dir, str(pool), str(seconds),
-             ack_log]]
+    return [
+        [sys.executable, "-c", HOST_SET_WORKER, ROOT, pool_dir, str(pool), str(seconds), ack_log]
+    ]
 
 
 def _acks(path: str) -> Dict[str, str]:
