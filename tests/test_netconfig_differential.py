@@ -28,7 +28,7 @@ HELPERS = "/usr/libexec/hypervkvpd"
 
 # Runs inside the namespace: the C daemon and NetConfig answer the same GET_IP_INFO requests.
 _GET_CODE = r"""
-import dataclasses, tempfile
+import tempfile
 from cdaemon import KvpPeer
 from pykvpd import protocol as p
 from pykvpd.netconfig import NetConfig
@@ -39,19 +39,19 @@ RESULT = []
 def ask(peer, mac):
     reply = peer.transact(p.build_ip_message(p.OP_GET_IP_INFO, p.IpInfo(mac)))
     status = p.reply_status(reply)
-    return [status, dataclasses.asdict(p.reply_ip_info(reply)) if status == p.HV_S_OK else None]
+    return [status, p.reply_ip_info(reply)._asdict() if status == p.HV_S_OK else None]
 
 with tempfile.TemporaryDirectory() as work, KvpPeer.c(work) as c_peer, \
         KvpPeer.py(work, namespace=True) as py_peer:
     for mac in macs:
         status, info = ours.get_ip_info(p.IpInfo(mac))
         RESULT.append({"c": ask(c_peer, mac), "daemon": ask(py_peer, mac),
-                       "py": [status, None if info is None else dataclasses.asdict(info)]})
+                       "py": [status, None if info is None else info._asdict()]})
 """
 
 # Runs inside the namespace with a fake /sys/class/net holding one VMBus NIC.
 _SET_CODE = r"""
-import dataclasses, os, subprocess, tempfile
+import os, subprocess, tempfile
 from cdaemon import KvpPeer
 from pykvpd import protocol as p
 from pykvpd.netconfig import NetConfig

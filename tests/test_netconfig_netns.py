@@ -96,12 +96,11 @@ def route(*args: str) -> List[List[str]]:
 def get_ip_info_code(macs: Sequence[str], config: Dict[str, Any]) -> str:
     """Snippet: NetConfig(**config).get_ip_info for each MAC -> [[status, fields or None], ...]."""
     return (
-        "import dataclasses\n"
         "from pykvpd.netconfig import NetConfig\n"
         "from pykvpd.protocol import IpInfo\n"
         f"nc = NetConfig(**{config!r})\n"
         "RESULT = []\n"
         f"for mac in {list(macs)!r}:\n"
         "    status, info = nc.get_ip_info(IpInfo(mac))\n"
-        "    RESULT.append([status, None if info is None else dataclasses.asdict(info)])\n"
+        "    RESULT.append([status, None if info is None else info._asdict()])\n"
     )
