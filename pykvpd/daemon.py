@@ -457,6 +457,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.DEBUG)
     if not args.no_daemon:
         _daemonize()
+        service.setup_logging(bool(args.debug or config.debug), use_syslog=True)
     transport.set_process_name(PROCESS_NAME)
     log.info("pykvpd %s starting; pid is %d", __version__, os.getpid())
     try:

@@ -47,12 +47,28 @@ def stderr_is_journal(environ: Optional[Mapping[str, str]] = None) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def setup_logging(debug: bool, use_journal: Optional[bool] = None) -> None:
+def _syslog_handler() -> Optional[logging.Handler]:
+    """syslog at /dev/log (ident ``pykvpd``), for a detached daemon whose stderr is /dev/null."""
+    import logging.handlers
+
+    try:
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    except OSError:
+        return None
+    handler.ident = f"{SYSLOG_IDENTIFIER}[{os.getpid()}]: "
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
+def setup_logging(
+    debug: bool, use_journal: Optional[bool] = None, use_syslog: bool = False
+) -> None:
     """Route the root logger to the journal (structured fields) or to stderr.
 
     ``use_journal=None`` decides automatically: the journal when systemd started us with stderr
-    connected to it and systemd-python is importable. Calling it again (on SIGHUP) replaces the
-    handlers this function installed earlier.
+    connected to it and systemd-python is importable. ``use_syslog`` (a detached daemon, like
+    the C one, which logs to syslog) prefers /dev/log to stderr when there is no journal.
+    Calling it again (on SIGHUP) replaces the handlers this function installed earlier.
     """
     if use_journal is None:
         use_journal = stderr_is_journal()
@@ -62,6 +78,8 @@ def setup_logging(debug: bool, use_journal: Optional[bool] = None) -> None:
         if journal is not None:
             handler = journal.JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
             handler.setFormatter(logging.Formatter("%(message)s"))
+    if handler is None and use_syslog:
+        handler = _syslog_handler()
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(STDERR_FORMAT))
