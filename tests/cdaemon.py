@@ -289,52 +289,14 @@ class KvpPeer:
         return self.kernel.transact(msg, self.timeout if timeout is None else timeout)
 
     def transact_raw(self, data: bytes, timeout: Optional[float] = None) -> bytes:
-        """Like ``transact`` but for a datagram of any length (0, 2, 7431, 8000 bytes ...).
-
-        FakeKernel.transact only takes 7432-byte messages, which is all a real kernel sends; the
-        fuzz and compatibility tests need the wrong lengths too, so this drives the same queue
-        (raises DaemonGone when the daemon reacts by closing the device).
-        """
-        kernel = self.kernel
-        assert kernel is not None
-        if len(data) >= 2:
-            queue = kernel._queue
-        else:  # FakeKernel._queue reads the header for its event log: pad that view only
-
-            def queue(raw: bytes, limit: float):  # noqa: ANN202
-                with kernel._lock:
-                    if not kernel._lock.wait_for(
-                        lambda: kernel._state == kernel_mod.STATE_READY, limit
-                    ):
-                        raise kernel_mod.NotRegistered(f"no daemon registered within {limit:g} s")
-                    pending = kernel_mod._Pending()
-                    kernel._pending, kernel._state = pending, kernel_mod.STATE_REQ
-                    kernel.requests += 1
-                    conn = kernel._conn
-                try:
-                    conn.send(raw)
-                except OSError as exc:
-                    kernel._drop(conn, f"send to daemon failed: {exc}")
-                return pending
-
-        limit = self.timeout if timeout is None else timeout
-        with kernel._channel:
-            pending = queue(data, limit)
-            if not pending.done.wait(limit):
-                kernel._expire(pending, limit)
-            if pending.error is not None:
-                raise pending.error
-            assert pending.reply is not None
-            return pending.reply
+        """Like ``transact`` for a datagram of any length (0, 2, 7431, 8000 bytes ...)."""
+        assert self.kernel is not None
+        return self.kernel.transact_raw(data, self.timeout if timeout is None else timeout)
 
     def drop_connection(self) -> None:
         """The kernel closes the device under the daemon (module reload, hibernation)."""
-        kernel = self.kernel
-        assert kernel is not None
-        with kernel._lock:
-            conn = kernel._conn
-        if conn is not None:
-            kernel._drop(conn, "test: the kernel dropped the connection")
+        assert self.kernel is not None
+        self.kernel.drop_connection("test: the kernel dropped the connection")
 
     def status(self, msg: bytes) -> int:
         return p.reply_status(self.transact(msg))
