@@ -166,12 +166,21 @@ def _cstring(field: bytes, what: str) -> bytes:
 
 
 def _sized_cstring(msg: bytes, offset: int, size: int, limit: int, what: str) -> bytes:
-    """A string whose size (including its NUL) the kernel states in the message."""
+    """A string whose size (including its NUL) the kernel states in the message.
+
+    The kernel converts the host's UTF-16 to UTF-8, so invalid UTF-8 never comes from it; such a
+    string is refused rather than stored where the host could never read it back.
+    """
     if size == 0:
         raise MalformedMessage(f"{what}_size is 0")
     if size > limit:
         raise MalformedMessage(f"{what}_size {size} exceeds {limit}")
-    return _cstring(msg[offset : offset + size], f"{what} ({what}_size {size})")
+    text = _cstring(msg[offset : offset + size], f"{what} ({what}_size {size})")
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage(f"{what} is not valid UTF-8: {exc.reason}") from None
+    return text
 
 
 def _text(field: bytes, what: str) -> str:

@@ -4,7 +4,8 @@ Both run in the same throw-away network + mount namespace: the C daemon behind t
 of ``tests/cdaemon.py``, ours through ``NetConfig`` with the same distro helpers
 (``/usr/libexec/hypervkvpd``) and, for GET_IP_INFO, also as a whole daemon behind the same
 kind of fake kernel. Where the outputs differ on purpose, the test pins the
-difference documented in docs/compatibility-network.md, so neither side can drift silently.
+difference documented in docs/compatibility.md ("Network operations"), so neither side can
+drift silently.
 """
 
 from __future__ import annotations

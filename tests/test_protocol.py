@@ -402,3 +402,15 @@ def test_encode_register_and_decode_register_reply():
         p.decode_register_reply(p.build_enumerate_message(0, 0))
     with pytest.raises(MalformedMessage):
         p.decode_register_reply(reply[:100])
+
+
+@pytest.mark.parametrize("op", [p.OP_GET, p.OP_SET, p.OP_DELETE])
+def test_invalid_utf8_key_is_malformed(op):
+    """The kernel converts UTF-16 to UTF-8: a key that is not UTF-8 cannot come from a host."""
+    with pytest.raises(p.MalformedMessage, match="key is not valid UTF-8"):
+        p.decode_request(p.build_key_message(op, 1, b"bad\xff", b"v"))
+
+
+def test_invalid_utf8_value_is_malformed():
+    with pytest.raises(p.MalformedMessage, match="value is not valid UTF-8"):
+        p.decode_request(p.build_key_message(p.OP_SET, 1, b"k", b"\xc3("))
