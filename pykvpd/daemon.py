@@ -235,7 +235,13 @@ class Daemon:
             return Outcome(reply, op, HV_E_FAIL, None, None, None, repr(exc))
 
     def run(self) -> int:
-        self.connect(first=True)
+        try:
+            self.connect(first=True)
+        except transport.TransportError as exc:
+            # Opened, but the handshake failed (a bad or missing registration reply): the same
+            # recovery as any later device error, not an exit.
+            log.warning("registration on %s failed (%s); reopening", self.args.device, exc)
+            self.reconnect()
         self.notifier.ready(self._status_text())
         self._update_status(force=True)
         watchdog = self.notifier.watchdog_interval()

@@ -203,3 +203,35 @@ def test_a_bug_in_the_handler_fails_one_request_not_the_daemon(tmp_path, monkeyp
 
 def test_main_dispatches_subcommands(tmp_path, capsys):
     assert main(["status", "--status-file", str(tmp_path / "none.json")]) == 3
+
+
+def test_a_bad_first_registration_reply_leads_to_a_reopen(tmp_path):
+    """The first handshake gets a reply that is no registration: reopen, do not exit."""
+    import socket
+
+    sock_path = str(tmp_path / "kvp.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(sock_path)
+    server.listen(2)
+    server.settimeout(15)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pykvpd", "-n", *daemon_args(tmp_path, sock_path)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        first, _ = server.accept()
+        assert first.recv(8192)[0] == p.OP_REGISTER1
+        first.send(p.build_enumerate_message(0, 0))  # not a registration reply
+        second, _ = server.accept()  # the daemon came back
+        assert second.recv(8192)[0] == p.OP_REGISTER1
+        second.send(p.build_register_reply())
+        second.send(p.build_key_message(p.OP_SET, 0, b"k", b"v"))
+        assert p.reply_status(second.recv(8192)) == p.HV_S_OK
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
