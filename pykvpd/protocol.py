@@ -296,16 +296,21 @@ def encode_value(request_msg: bytes, value: bytes) -> bytes:
     return bytes(buf)
 
 
-def encode_ip_info(request_msg: bytes, info: IpInfo) -> bytes:
-    """HV_S_OK for GET_IP_INFO with every string NUL-terminated inside its field."""
-    buf = bytearray(encode_status(request_msg, HV_S_OK))
-    _put(buf, OFF_IP_ADAPTER_ID, IP_ADAPTER_ID_SIZE, info.adapter_id.encode())
-    buf[OFF_IP_ADDR_FAMILY] = info.addr_family & 0xFF
+def _put_ip_config(buf: bytearray, info: IpInfo) -> None:
+    """The fields both a GET_IP_INFO reply and a SET_IP_INFO request carry."""
     buf[OFF_IP_DHCP_ENABLED] = info.dhcp_enabled & 0xFF
     _put(buf, OFF_IP_ADDR, IP_ADDR_SIZE, info.ip_addr.encode())
     _put(buf, OFF_IP_SUBNET, IP_SUBNET_SIZE, info.sub_net.encode())
     _put(buf, OFF_IP_GATEWAY, IP_GATEWAY_SIZE, info.gate_way.encode())
     _put(buf, OFF_IP_DNS, IP_DNS_SIZE, info.dns_addr.encode())
+
+
+def encode_ip_info(request_msg: bytes, info: IpInfo) -> bytes:
+    """HV_S_OK for GET_IP_INFO with every string NUL-terminated inside its field."""
+    buf = bytearray(encode_status(request_msg, HV_S_OK))
+    _put(buf, OFF_IP_ADAPTER_ID, IP_ADAPTER_ID_SIZE, info.adapter_id.encode())
+    buf[OFF_IP_ADDR_FAMILY] = info.addr_family & 0xFF
+    _put_ip_config(buf, info)
     return bytes(buf)
 
 
@@ -350,11 +355,7 @@ def build_ip_message(op: int, info: IpInfo, pool: int = POOL_GUEST) -> bytes:
     _put(buf, OFF_IP_ADAPTER_ID, IP_ADAPTER_ID_SIZE, info.adapter_id.encode())
     buf[OFF_IP_ADDR_FAMILY] = info.addr_family & 0xFF
     if op == OP_SET_IP_INFO:
-        buf[OFF_IP_DHCP_ENABLED] = info.dhcp_enabled & 0xFF
-        _put(buf, OFF_IP_ADDR, IP_ADDR_SIZE, info.ip_addr.encode())
-        _put(buf, OFF_IP_SUBNET, IP_SUBNET_SIZE, info.sub_net.encode())
-        _put(buf, OFF_IP_GATEWAY, IP_GATEWAY_SIZE, info.gate_way.encode())
-        _put(buf, OFF_IP_DNS, IP_DNS_SIZE, info.dns_addr.encode())
+        _put_ip_config(buf, info)
     return bytes(buf)
 
 
