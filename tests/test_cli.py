@@ -359,9 +359,9 @@ def _as_nobody():
     os.setuid(65534)
 
 
-def _python_for_nobody() -> str:
+def _python_for_nobody(source: str) -> str:
     """An interpreter user nobody may run (pyenv builds under /root are not)."""
-    probe = f"import sys; sys.path.insert(0, {ROOT!r}); import pykvpd.cli"
+    probe = f"import sys; sys.path.insert(0, {source!r}); import pykvpd.cli"
     for python in (sys.executable, "/usr/bin/python3"):
         if not os.path.exists(python) or not _runs(python):
             continue
@@ -369,6 +369,21 @@ def _python_for_nobody() -> str:
         if done.returncode == 0:
             return python
     pytest.skip("no Python interpreter user nobody can run")
+
+
+def _readable_copy_of_the_package(top: str) -> str:
+    """The checkout may sit in a directory nobody cannot enter (a 0700 temp dir in CI)."""
+    source = os.path.join(top, "src")
+    shutil.copytree(
+        os.path.join(ROOT, "pykvpd"),
+        os.path.join(source, "pykvpd"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o"),
+    )
+    for folder, _dirs, files in os.walk(source):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    return source
 
 
 def _runs(python: str) -> bool:
@@ -381,24 +396,32 @@ def _runs(python: str) -> bool:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_non_root_gets_clear_message_not_traceback():
-    python = _python_for_nobody()
     top = tempfile.mkdtemp(prefix="kvp-nobody-")
     try:
         os.chmod(top, 0o755)
+        source = _readable_copy_of_the_package(top)
+        python = _python_for_nobody(source)
+        env = {"PYTHONPATH": source}
         pools = os.path.join(top, "hyperv")
         os.mkdir(pools, 0o755)
         write_pool(pools, 1, rec(b"A", b"1"))
-        result = kvp_process("--dir", pools, "set", "A", "2", preexec_fn=_as_nobody, python=python)
+        result = kvp_process(
+            "--dir", pools, "set", "A", "2", preexec_fn=_as_nobody, python=python, env=env
+        )
         err = result.stderr.decode()
         assert result.returncode == 3, err
         assert "permission denied; writing a pool needs root (try sudo)" in err
         assert "Traceback" not in err
         assert read_pool(pools, 1) == rec(b"A", b"1")
         # Reading a 0644 pool needs no privileges; a 0600 one is a clear I/O error.
-        result = kvp_process("--dir", pools, "get", "A", preexec_fn=_as_nobody, python=python)
+        result = kvp_process(
+            "--dir", pools, "get", "A", preexec_fn=_as_nobody, python=python, env=env
+        )
         assert (result.returncode, result.stdout) == (0, b"1\n")
         os.chmod(os.path.join(pools, ".kvp_pool_1"), 0o600)
-        result = kvp_process("--dir", pools, "get", "A", preexec_fn=_as_nobody, python=python)
+        result = kvp_process(
+            "--dir", pools, "get", "A", preexec_fn=_as_nobody, python=python, env=env
+        )
         err = result.stderr.decode()
         assert result.returncode == 3 and "Traceback" not in err
         assert "Permission denied" in err and "try sudo" in err
