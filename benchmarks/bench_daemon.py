@@ -19,8 +19,14 @@ How each daemon runs (argv and spawning reused from tests/cdaemon.py, unchanged)
 
 Pools live on tmpfs (``/dev/shm``) by default, as in the spec's measurements of the C daemon
 (Appendix A). ``--disk`` adds a second set of SET measurements with the pools on a disk file
-system (``--disk-dir``, default the temp dir): there our daemon's two ``fdatasync`` per SET
-(crash safety) hit the device, the C daemon's page-cache-only rewrite does not.
+system (``--disk-dir``, default the temp dir): there our daemon's ``fdatasync`` per SET (crash
+safety, durability of acknowledged changes) waits for the device, the C daemon's rewrite of the
+whole file stays in the page cache.
+
+This process and both daemons are pinned to one CPU (``--cpu``; ``--no-pin`` to leave placement
+to the scheduler): a round trip is then both processes' work plus two context switches. Unpinned
+on a small VM, each hop may wake an idle virtual CPU, which costs more than either daemon's work
+on a 10-record pool and makes the numbers bimodal from run to run (see benchmarks/README.md).
 
 Measured (issue #2's bar in brackets):
 
@@ -35,7 +41,8 @@ Measured (issue #2's bar in brackets):
 Also printed: each daemon's own CPU time per request (``/proc/PID/task/*/schedstat``, which does
 not depend on the kernel side at all).
 
-Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--repeat N] [--json FILE]``.
+Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--repeat N] [--json FILE]``;
+``--profile FILE`` runs only our daemon's workloads under cProfile and prints the top costs.
 ``--quick`` walks only 1,000 of the C daemon's 10,000 records and extrapolates linearly (each of
 its ENUMERATEs re-reads the whole file, so the cost per index is constant for a given pool).
 Prints a table of bars with ok/MISSED and always exits 0 (a benchmark, not a test), unless
@@ -80,7 +87,7 @@ DRIVER_VERSION = "3.1"
 
 
 class Sizes(NamedTuple):
-    """How many requests each measurement makes (``--quick`` halves the cheap ones)."""
+    """How many requests each measurement makes (``--quick``: fewer, and C's walk extrapolated)."""
 
     warmup: int
     small: int
