@@ -121,6 +121,8 @@ class Daemon:
         self._status_file = None
         self._status_path = args.status_file
         self._wakeup_r: Optional[int] = None
+        self._poller: Optional[select.poll] = None
+        self._polled_fd = -1
 
     def _netconfig(self, pool_dir: str) -> _LazyNetConfig:
         return _LazyNetConfig(pool_dir, self.args.ip_injection or self.config.ip_injection)
@@ -167,6 +169,7 @@ class Daemon:
                 delay = min(delay * 2, 5.0)
 
     def _close_channel(self) -> None:
+        self._poller = None
         if self.channel is not None:
             with contextlib.suppress(OSError):
                 self.channel.close()
@@ -248,15 +251,16 @@ class Daemon:
         while not self.stopping:
             if self.reload_requested:
                 self._reload()
-            timeout = self._poll_timeout(watchdog)
-            ready = self._wait(timeout)
+            busy = watchdog is not None or self._status_due is not None
+            ready = self._wait(self._poll_timeout(watchdog) if busy else None)
             if watchdog is not None:
                 self.notifier.watchdog()
             if self.stopping:
                 break
             if ready:
                 self.serve_one()
-            self._update_status()
+            if self._status_due is not None:
+                self._update_status()
         self.notifier.stopping()
         self._update_status(force=True)
         self._close_channel()
@@ -269,10 +273,13 @@ class Daemon:
         running the handler, and SIGTERM would wait for the next host request).
         """
         assert self.channel is not None
-        poller = select.poll()
-        poller.register(self.channel.fileno(), select.POLLIN)
-        if self._wakeup_r is not None:
-            poller.register(self._wakeup_r, select.POLLIN)
+        if self._poller is None or self._polled_fd != self.channel.fileno():
+            self._poller = select.poll()  # kept across requests; rebuilt after a reopen
+            self._polled_fd = self.channel.fileno()
+            self._poller.register(self._polled_fd, select.POLLIN)
+            if self._wakeup_r is not None:
+                self._poller.register(self._wakeup_r, select.POLLIN)
+        poller = self._poller
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         try:
             events = poller.poll(ms)

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import stat
 import struct
 import time
@@ -62,6 +63,10 @@ POOL_LABELS = {number: name for name, number in POOL_NAMES.items()}
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 _FLOCK = struct.Struct("hhxxxxqqi4x")  # struct flock on 64-bit Linux (l_pid must be 0 for OFD)
+# Whole-file requests (start 0, length 0 = to the end, however the file grows).
+_OFD_READ = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+_OFD_WRITE = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+_OFD_UNLOCK = _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
 
 Text = Union[str, bytes]
 
@@ -300,6 +305,8 @@ class DirWatch:
             | inotify.IN_MOVE_SELF
         )
         self._inotify.add_watch(directory, mask)
+        self._poller = select.poll()  # poll(0) is cheaper than a read that fails with EAGAIN
+        self._poller.register(self._inotify.fileno(), select.POLLIN)
         self._dirty: set = set()
         self._epoch = 1  # bumped when the queue overflowed: every file may have changed
         self._clean_at: Dict[str, int] = {}
@@ -308,6 +315,8 @@ class DirWatch:
         return self._inotify.fileno()
 
     def _drain(self) -> None:
+        if not self._poller.poll(0):
+            return
         ino = self._ino
         for event in self._inotify.read_events():
             if event.mask & (ino.IN_Q_OVERFLOW | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF):
@@ -315,16 +324,20 @@ class DirWatch:
             elif event.name:
                 self._dirty.add(event.name)
 
-    def changed(self, name: str) -> bool:
-        """True if ``name`` may have changed since the last ``mark_clean(name)``."""
+    def changed(self, name: str, other: Optional[str] = None) -> bool:
+        """True if ``name`` (or ``other``) may have changed since its last ``mark_clean``."""
         self._drain()
-        return name in self._dirty or self._clean_at.get(name) != self._epoch
+        dirty, epoch, clean_at = self._dirty, self._epoch, self._clean_at
+        if name in dirty or clean_at.get(name) != epoch:
+            return True
+        return other is not None and (other in dirty or clean_at.get(other) != epoch)
 
-    def mark_clean(self, name: str) -> None:
-        """Forget events for ``name`` (called with the lock held, after re-reading or writing)."""
+    def mark_clean(self, *names: str) -> None:
+        """Forget events for these names (with the lock held, after re-reading or writing)."""
         self._drain()
-        self._dirty.discard(name)
-        self._clean_at[name] = self._epoch
+        for name in names:
+            self._dirty.discard(name)
+            self._clean_at[name] = self._epoch
 
     def close(self) -> None:
         self._inotify.close()
@@ -352,6 +365,8 @@ class PoolFile:
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
+        self._journal_path = journal_path(path)
+        self._journal_name = os.path.basename(self._journal_path)
         self._create = create
         self._mode = mode
         self._writable = writable
@@ -413,17 +428,29 @@ class PoolFile:
     # ----------------------------------------------------------------- locking
 
     def _lock_fd(self, fd: int, exclusive: bool) -> None:
-        """flock, then the OFD lock; both released by ``_unlock_fd``. Bounded wait."""
-        deadline = time.monotonic() + self._lock_timeout
-        kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        self._retry(lambda: fcntl.flock(fd, kind | fcntl.LOCK_NB), deadline)
-        lock_type = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
-        request = _FLOCK.pack(lock_type, os.SEEK_SET, 0, 0, 0)
+        """flock, then the OFD lock; both released by ``_unlock_fd``. Bounded wait.
+
+        The uncontended case is two system calls; only a lock someone else holds pays for
+        the retry loop.
+        """
+        kind = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        request = _OFD_WRITE if exclusive else _OFD_READ
+        deadline = None
         try:
-            self._retry(lambda: fcntl.fcntl(fd, _F_OFD_SETLK, request), deadline)
-        except BaseException:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            raise
+            fcntl.flock(fd, kind)
+        except OSError:
+            deadline = time.monotonic() + self._lock_timeout
+            self._retry(lambda: fcntl.flock(fd, kind), deadline)
+        try:
+            fcntl.fcntl(fd, _F_OFD_SETLK, request)
+        except OSError:
+            try:
+                if deadline is None:
+                    deadline = time.monotonic() + self._lock_timeout
+                self._retry(lambda: fcntl.fcntl(fd, _F_OFD_SETLK, request), deadline)
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
 
     def _retry(self, attempt, deadline: float) -> None:  # noqa: ANN001
         """Try a non-blocking lock until it succeeds or the deadline passes (backs off)."""
@@ -444,7 +471,7 @@ class PoolFile:
 
     @staticmethod
     def _unlock_fd(fd: int) -> None:
-        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0))
+        fcntl.fcntl(fd, _F_OFD_SETLK, _OFD_UNLOCK)
         fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextmanager
@@ -456,7 +483,12 @@ class PoolFile:
             fd = self._fd
             self._lock_fd(fd, exclusive)
             try:
-                same = self._same_file(fd)
+                # No event for the name since we last held the lock: still the file at path.
+                same = (
+                    self._watch is not None
+                    and self._snapshot is not None
+                    and not self._watch.changed(self.name)
+                ) or self._same_file(fd)
             except BaseException:
                 self._unlock_fd(fd)
                 raise
@@ -540,7 +572,7 @@ class PoolFile:
         jfd = self._journal(create=False)
         if jfd is None:
             return
-        data = _read_all(jfd, journal_path(self.path))
+        data = _read_all(jfd, self._journal_path)
         if not data:
             return
         change = _decode_journal(data)
@@ -562,27 +594,45 @@ class PoolFile:
         if self._journal_fd is None:
             flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
             try:
-                self._journal_fd = os.open(journal_path(self.path), flags, 0o600)
+                self._journal_fd = os.open(self._journal_path, flags, 0o600)
             except FileNotFoundError:
                 return None
             except OSError as exc:
                 if create:
-                    raise PoolError(f"{journal_path(self.path)}: {exc.strerror}") from None
+                    raise PoolError(f"{self._journal_path}: {exc.strerror}") from None
                 return None
         return self._journal_fd
 
     def _journal_pending(self) -> bool:
         try:
-            return os.stat(journal_path(self.path)).st_size > 0
+            return os.stat(self._journal_path).st_size > 0
         except OSError:
             return False
 
-    def image(self) -> PoolImage:
-        """All records (valid or not) and any partial tail, read under a shared lock."""
+    def _sync_for_read(self) -> None:
+        """Make the cache current for a read.
+
+        With a watch, a pool and journal with no inotify event since we last read or wrote them
+        under the lock are known unchanged: every writer's ``write()`` queues its event before
+        returning, so no write has completed since, and the cache (consistent when it was made)
+        is still the file's content. No lock and no system call but a ``poll`` are needed then:
+        the daemon's GET and ENUMERATE cost no more than the kernel round trip.
+        """
+        watch = self._watch
+        if (
+            watch is not None
+            and self._snapshot is not None
+            and not watch.changed(self.name, self._journal_name)
+        ):
+            return
         self._recover_if_needed()
         with self._locked(exclusive=False) as fd:
             self._fresh(fd)
-            return PoolImage(tuple(self._records), self._trailing)
+
+    def image(self) -> PoolImage:
+        """All records (valid or not) and any partial tail, read under a shared lock."""
+        self._sync_for_read()
+        return PoolImage(tuple(self._records), self._trailing)
 
     def records(self) -> List[Record]:
         """All whole records in file order, including damaged ones (see ``Record.problem``)."""
@@ -594,29 +644,24 @@ class PoolFile:
 
     def enumerate(self, index: int) -> Optional[Record]:
         """The index-th valid record (what the host's ENUMERATE walks), or None past the end."""
-        self._recover_if_needed()
-        with self._locked(exclusive=False) as fd:
-            self._fresh(fd)
-            view = self._enum_view
-            if view is None:
-                view = (
-                    self._records
-                    if all_valid(self._records)
-                    else [r for r in self._records if r.valid]
-                )
-                self._enum_view = view
-            return view[index] if 0 <= index < len(view) else None
+        self._sync_for_read()
+        view = self._enum_view
+        if view is None:
+            records = self._records
+            view = records if all_valid(records) else [r for r in records if r.valid]
+            self._enum_view = view
+        return view[index] if 0 <= index < len(view) else None
 
     def get(self, key: Text) -> Optional[bytes]:
         """Value of the first record whose key is exactly ``key`` (case-sensitive), or None."""
         k = _as_bytes(key)
-        self._recover_if_needed()
-        with self._locked(exclusive=False) as fd:
-            self._fresh(fd)
-            pos = self._index.get(k)
-            return None if pos is None else self._records[pos].value
+        self._sync_for_read()
+        pos = self._index.get(k)
+        return None if pos is None else self._records[pos].value
 
     def _recover_if_needed(self) -> None:
+        if self._watch is not None:
+            self._watch.mark_clean(self._journal_name)  # before looking: later events count
         if self._writable and self._journal_pending():
             with self._locked(exclusive=True) as fd:
                 self._recover(fd)
@@ -771,7 +816,7 @@ class PoolFile:
             raise PoolError(f"{self.path}: write failed: {exc.strerror}") from None
         self._snapshot = self._stat_key(fd)
         if self._watch is not None:
-            self._watch.mark_clean(self.name)
+            self._watch.mark_clean(self.name, self._journal_name)
 
 
 def _padded(partial: bytes) -> Record:

@@ -270,20 +270,28 @@ def encode_register() -> bytes:
     return bytes(buf)
 
 
+def _reply_buffer(request_msg: bytes, status: int) -> bytearray:
+    """The request echoed (as the C daemon does), exactly MSG_SIZE bytes, status at 0."""
+    if len(request_msg) == MSG_SIZE:
+        buf = bytearray(request_msg)
+    else:
+        buf = bytearray(request_msg[:MSG_SIZE].ljust(MSG_SIZE, b"\0"))
+    _U32.pack_into(buf, OFF_STATUS, status)
+    return buf
+
+
 def encode_status(request_msg: bytes, status: int) -> bytes:
     """A reply that only carries a status (the kernel reads nothing else when it is non-zero).
 
     The request buffer is echoed, as the C daemon does; for a request of the wrong length the
     reply is still exactly MSG_SIZE bytes.
     """
-    buf = bytearray(request_msg[:MSG_SIZE].ljust(MSG_SIZE, b"\0"))
-    _U32.pack_into(buf, OFF_STATUS, status)
-    return bytes(buf)
+    return bytes(_reply_buffer(request_msg, status))
 
 
 def encode_key_value(request_msg: bytes, key: bytes, value: bytes) -> bytes:
     """HV_S_OK with key at 20 and value at 532: where the kernel reads ENUMERATE and GET results."""
-    buf = bytearray(encode_status(request_msg, HV_S_OK))
+    buf = _reply_buffer(request_msg, HV_S_OK)
     _put(buf, OFF_ENUM_KEY, MAX_KEY_SIZE, key)
     _put(buf, OFF_ENUM_VALUE, MAX_VALUE_SIZE, value)
     return bytes(buf)
@@ -291,7 +299,7 @@ def encode_key_value(request_msg: bytes, key: bytes, value: bytes) -> bytes:
 
 def encode_value(request_msg: bytes, value: bytes) -> bytes:
     """HV_S_OK for GET: the kernel reads the value at 532 (not 528), so that is where it goes."""
-    buf = bytearray(encode_status(request_msg, HV_S_OK))
+    buf = _reply_buffer(request_msg, HV_S_OK)
     _put(buf, OFF_ENUM_VALUE, MAX_VALUE_SIZE, value)
     return bytes(buf)
 
@@ -307,7 +315,7 @@ def _put_ip_config(buf: bytearray, info: IpInfo) -> None:
 
 def encode_ip_info(request_msg: bytes, info: IpInfo) -> bytes:
     """HV_S_OK for GET_IP_INFO with every string NUL-terminated inside its field."""
-    buf = bytearray(encode_status(request_msg, HV_S_OK))
+    buf = _reply_buffer(request_msg, HV_S_OK)
     _put(buf, OFF_IP_ADAPTER_ID, IP_ADAPTER_ID_SIZE, info.adapter_id.encode())
     buf[OFF_IP_ADDR_FAMILY] = info.addr_family & 0xFF
     _put_ip_config(buf, info)
