@@ -526,9 +526,8 @@ class PoolFile:
             self._watch is not None
             and self._snapshot is not None
             and not self._watch.changed(self.name)
-            and self._stat_key(fd) == self._snapshot
         ):
-            return
+            return  # inotify proves nothing was written since (writes through mmap excepted)
         self._reload(fd)
 
     def _reload(self, fd: int) -> None:
@@ -785,7 +784,11 @@ class PoolFile:
         if not self._writable:
             raise PoolError(f"{self.path}: opened read-only")
         with self._locked(exclusive=True) as fd:
-            self._recover(fd)
+            watch = self._watch
+            if watch is None or watch.changed(self._journal_name):
+                if watch is not None:
+                    watch.mark_clean(self._journal_name)  # before reading: later events count
+                self._recover(fd)
             self._fresh(fd)
             yield fd, len(self._records)
 
