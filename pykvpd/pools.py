@@ -899,6 +899,9 @@ class PoolDir:
         return os.path.join(self.directory, pool_filename(pool_number(pool)))
 
     def pool(self, pool: Union[int, str]) -> PoolFile:
+        known = self._pools.get(pool)  # type: ignore[arg-type]  # the daemon's per-request path
+        if known is not None:
+            return known
         number = pool_number(pool)
         if number not in self._pools:
             self._pools[number] = PoolFile(
