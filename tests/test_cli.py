@@ -360,7 +360,7 @@ def _as_nobody():
 
 
 def _python_for_nobody(source: str) -> str:
-    """An interpreter user nobody may run (pyenv builds under /root are not)."""
+    """An interpreter user nobody may run (one built under /root is not)."""
     probe = f"import sys; sys.path.insert(0, {source!r}); import pykvpd.cli"
     for python in (sys.executable, "/usr/bin/python3"):
         if not os.path.exists(python) or not _runs(python):
