@@ -277,6 +277,30 @@ def _replayable(fd: int, before: int, after: int, writes: Sequence[Write]) -> bo
     )
 
 
+def _replayed_in_memory(data: bytes, journal: bytes) -> bytes:
+    """The file's bytes as they will be once the pending journal is completed, for a reader
+    that may not write it: ``data`` unchanged if the journal is empty, torn or stale."""
+    change = _decode_journal(journal)
+    if change is None:
+        return data
+    before, after, writes = change
+    size = len(data)
+    if not (size in (before, after) or min(before, after) < size < max(before, after)):
+        return data
+    if not all(
+        _interrupted_state(data[o : o + max(len(new), len(old))], new, old)
+        for o, new, old in writes
+    ):
+        return data
+    patched = bytearray(data)
+    for offset, new, _old in writes:
+        if len(patched) < offset + len(new):
+            patched.extend(bytes(offset + len(new) - len(patched)))
+        patched[offset : offset + len(new)] = new
+    del patched[after:]
+    return bytes(patched.ljust(after, b"\0"))
+
+
 # --------------------------------------------------------------------------- change detection
 
 
@@ -532,6 +556,8 @@ class PoolFile:
 
     def _reload(self, fd: int) -> None:
         data = _read_all(fd, self.path)
+        if not self._writable:
+            data = self._as_completed(data)
         image = decode_pool(data)
         self._records = list(image.records)
         self._enum_view = None
@@ -601,6 +627,16 @@ class PoolFile:
                     raise PoolError(f"{self._journal_path}: {exc.strerror}") from None
                 return None
         return self._journal_fd
+
+    def _as_completed(self, data: bytes) -> bytes:
+        """A read-only reader cannot complete a change a killed writer left in the journal,
+        but it can show the pool as it will be: never the half-done change."""
+        try:
+            with open(self._journal_path, "rb") as journal:
+                pending = journal.read()
+        except OSError:  # no journal, or not ours to read (0600): the file as it is
+            return data
+        return _replayed_in_memory(data, pending) if pending else data
 
     def _journal_pending(self) -> bool:
         try:

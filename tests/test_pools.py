@@ -746,3 +746,28 @@ def test_damage_logged_once_per_file_state(pf, pool_path, caplog):
         pf.enumerate(0)
     assert caplog.text.count("is damaged") == 1
     assert "partial record of 4 bytes at offset 2560" in caplog.text
+
+
+# --------------------------------------------------------------------------- read-only readers
+
+
+def test_read_only_reader_sees_an_interrupted_change_completed(pool_path):
+    """A reader that may not write (kvp as a user, kvp get) shows the pool as the journal will
+    leave it, never the half-done change; the file itself is left for a writer to complete."""
+    a, b, c, d = (R(k, k * 2) for k in (b"a", b"b", b"c", b"d"))
+    # delete "b" from a+b+c+d was killed after shifting one record: the bare file has c twice
+    crash(pool_path, 4 * RS, 3 * RS, [(RS, c + d, b + c), (3 * RS, b"", d)], a + c + c + d)
+    reader = PoolFile(str(pool_path), writable=False)
+    assert [r.key for r in reader.records()] == [b"a", b"c", b"d"]
+    assert reader.get("b") is None and reader.get("d") == b"dd"
+    assert pool_path.read_bytes() == a + c + c + d  # untouched: reading never writes
+    reader.close()
+
+
+def test_read_only_reader_ignores_a_stale_journal(pool_path):
+    """A journal that does not fit the file (another writer changed it) is not applied."""
+    x = R(b"ci", b"foreign")
+    crash(pool_path, 2 * RS, 0, [(0, b"", R(b"a", b"1") + R(b"b", b"2"))], x)
+    reader = PoolFile(str(pool_path), writable=False)
+    assert [r.key for r in reader.records()] == [b"ci"]
+    reader.close()
