@@ -14,7 +14,7 @@ Status mapping (spec §1.3, §9 row 28):
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Optional, Protocol
+from typing import Optional, Protocol, Union
 
 from . import protocol as p
 from .pools import PoolDir, PoolError
@@ -32,20 +32,57 @@ class NetConfigSource(Protocol):
     def set_ip_info(self, request: p.IpInfo) -> int: ...
 
 
-class Outcome(NamedTuple):
-    """The reply to write plus what the daemon logs about it (values only when asked to)."""
-
-    reply: bytes
-    op: str
-    status: int
-    pool: Optional[int] = None
-    key: Optional[str] = None
-    value: Optional[str] = None
-    error: Optional[str] = None
+Text = Union[str, bytes, None]
 
 
-def _text(raw: Optional[bytes]) -> Optional[str]:
-    return None if raw is None else raw.decode("utf-8", "replace")
+def _text(raw: Text) -> Optional[str]:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+class Outcome:
+    """The reply to write plus what the daemon logs about it (values only when asked to).
+
+    Key and value may be given as the raw bytes of the request or record: they are decoded
+    only when read, which on the daemon's path means only when something is logged.
+    """
+
+    __slots__ = ("reply", "op", "status", "pool", "_key", "_value", "error")
+
+    def __init__(
+        self,
+        reply: bytes,
+        op: str,
+        status: int,
+        pool: Optional[int] = None,
+        key: Text = None,
+        value: Text = None,
+        error: Optional[str] = None,
+    ) -> None:
+        self.reply, self.op, self.status, self.pool = reply, op, status, pool
+        self._key, self._value, self.error = key, value, error
+
+    @property
+    def key(self) -> Optional[str]:
+        return _text(self._key)
+
+    @property
+    def value(self) -> Optional[str]:
+        return _text(self._value)
+
+    def _fields(self) -> tuple:
+        return (self.reply, self.op, self.status, self.pool, self.key, self.value, self.error)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        names = ("reply", "op", "status", "pool", "key", "value", "error")
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names[1:], self._fields()[1:]))
+        return f"Outcome({shown})"
 
 
 class Handler:
@@ -80,7 +117,7 @@ class Handler:
 
     def _key_op(self, msg: bytes, req: p.KeyRequest) -> Outcome:
         name = p.OP_NAMES[req.op]
-        key = _text(req.key)
+        key = req.key
         pool = self.pools.pool(req.pool)
         try:
             if req.op == p.OP_SET:
@@ -91,7 +128,7 @@ class Handler:
                     p.HV_S_OK,
                     req.pool,
                     key,
-                    _text(req.value),
+                    req.value,
                 )
             if req.op == p.OP_GET:
                 value = pool.get(req.key)
@@ -100,7 +137,7 @@ class Handler:
                         p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool, key
                     )
                 return Outcome(
-                    p.encode_value(msg, value), name, p.HV_S_OK, req.pool, key, _text(value)
+                    p.encode_value(msg, value), name, p.HV_S_OK, req.pool, key, value
                 )
             found = pool.delete(req.key)
             status = p.HV_S_OK if found else p.HV_S_CONT
@@ -128,7 +165,7 @@ class Handler:
         if record is None:
             return Outcome(p.encode_status(msg, p.HV_S_CONT), name, p.HV_S_CONT, req.pool)
         reply = p.encode_key_value(msg, record.key, record.value)
-        return Outcome(reply, name, p.HV_S_OK, req.pool, record.text_key, record.text_value)
+        return Outcome(reply, name, p.HV_S_OK, req.pool, record.key, record.value)
 
     # ----------------------------------------------------------------- IP configuration
 
