@@ -394,8 +394,11 @@ def test_daemon_ready_status_watchdog_stuck_and_stopping(tmp_path):
         _recv_until(notify, lambda m: m == "WATCHDOG=1")  # healthy again
 
         daemon.send_signal(signal.SIGTERM)
-        _recv_until(notify, lambda m: "STOPPING=1" in m)
+        last = _recv_until(notify, lambda m: "STOPPING=1" in m)[-1]
+        assert last == "STOPPING=1\nSTATUS=stopping; 2 host operations"
         assert daemon.wait(20) == 0
+        after = _datagrams(notify, time.monotonic() + 0.3)
+        assert after == []  # no "registered" STATUS= after STOPPING=1
     finally:
         if holder is not None:
             holder.close()
