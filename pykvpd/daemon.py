@@ -21,8 +21,8 @@ from typing import List, Optional
 
 from . import __version__, transport
 from .handler import Handler, Outcome
-from .pools import PoolDir, PoolError
 from .protocol import HV_E_FAIL, OP_NAMES, encode_status
+from .store import PoolDir, PoolError
 
 log = logging.getLogger("pykvpd")
 
