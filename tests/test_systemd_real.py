@@ -81,12 +81,32 @@ def test_ps_ef_shows_hv_kvp_daemon_and_waagent_finds_it(guest):
     ours = [line for line in lines if line.split()[1] == str(pid)]
     assert len(ours) == 1, lines
     assert "/usr/bin/python3 /usr/bin/hv_kvp_daemon -n --wait-device 10" in ours[0]
-    # The same PID systemd started as /usr/bin/pykvpd (exec in place: MainPID kept).
-    assert guest.show(UNIT, "ExecMainPID")["ExecMainPID"] == str(pid)
     assert waagent_sees_kvp_daemon("\n".join(lines))
     assert not waagent_sees_kvp_daemon("\n".join(line for line in lines if line not in ours))
     with open(guest.ct.path(f"/proc/{pid}/comm")) as f:
         assert f.read().strip() == "hv_kvp_daemon"
+
+
+def test_ps_ef_name_also_when_started_as_pykvpd(guest):
+    """An admin's drop-in starting /usr/bin/pykvpd: one exec in place, same name in ps -ef."""
+    g = guest
+    dropin = "/run/systemd/system/pykvpd.service.d/exec.conf"
+    g.ct.run(["mkdir", "-p", os.path.dirname(dropin)])
+    with open(g.ct.path(dropin), "w") as f:
+        f.write("[Service]\nExecStart=\nExecStart=/usr/bin/pykvpd -n --wait-device 10\n")
+    g.systemctl("daemon-reload")
+    old = g.main_pid()
+    g.systemctl("restart", UNIT)
+    pid = g.wait_active(old_pid=old)
+    assert "/usr/bin/pykvpd -n" in g.show(UNIT, "ExecStart")["ExecStart"]
+    wait_for(lambda: any(line.split()[1] == str(pid) and "/usr/bin/hv_kvp_daemon -n" in line
+                         for line in g.ps_ef()), "the re-exec under the C daemon's name")
+    assert g.show(UNIT, "ExecMainPID")["ExecMainPID"] == str(pid) == str(g.main_pid())
+    assert waagent_sees_kvp_daemon("\n".join(g.ps_ef()))
+    os.remove(g.ct.path(dropin))
+    g.systemctl("daemon-reload")
+    g.systemctl("restart", UNIT)
+    g.wait_active(old_pid=pid)
 
 
 def test_hardening_as_the_daemon_sees_it(guest):

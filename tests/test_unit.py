@@ -48,7 +48,8 @@ def test_unit_contract():
     assert e[("Service", "NotifyAccess")] == ["main"]
     assert e[("Service", "WatchdogSec")] == ["30"]
     assert e[("Service", "Restart")] == ["on-failure"]
-    assert e[("Service", "ExecStart")] == ["/usr/bin/pykvpd -n --wait-device 10"]
+    # The C daemon's name, so ps -ef shows it without a re-exec (pykvpd/hv_kvp_daemon.py)
+    assert e[("Service", "ExecStart")] == ["/usr/bin/hv_kvp_daemon -n --wait-device 10"]
     assert e[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
     assert e[("Unit", "ConditionVirtualization")] == ["microsoft"]
     assert e[("Unit", "DefaultDependencies")] == ["no"]
@@ -111,9 +112,10 @@ def make_root(tmp_path, aliases: bool, c_unit: bool):
     (root / "bin").mkdir()
     (root / "lib/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    fake = root / "usr/bin/pykvpd"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
+    for name in ("pykvpd", "hv_kvp_daemon"):  # the package's two entry scripts
+        fake = root / "usr/bin" / name
+        fake.write_text("#!/bin/sh\n")
+        fake.chmod(0o755)
     shutil.copy("/bin/kill", root / "bin/kill")
     shutil.copy(UNIT, root / "lib/systemd/system/pykvpd.service")
     if c_unit:
