@@ -55,11 +55,9 @@ def random_value(rng: random.Random) -> bytes:
 def next_op(model: Model, rng: random.Random, counter: List[int], deletes: float = 0.25) -> Op:
     """A modify, an append or (with probability ``deletes``) a DELETE of a random key."""
     roll = rng.random()
-    if not model:  # only after a C daemon emptied the pool
-        roll = 0.0
-    if roll >= 1 - deletes and len(model) >= 50:
+    if model and roll >= 1 - deletes and len(model) >= 50:
         return ("delete", rng.choice(list(model)), b"")
-    if roll < (1 - deletes) * 2 / 3:
+    if model and roll < (1 - deletes) * 2 / 3:  # (empty only after a C daemon emptied it)
         return ("set", rng.choice(list(model)), random_value(rng))
     counter[0] += 1
     return ("set", b"new-%06d" % counter[0], random_value(rng))
