@@ -14,7 +14,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 base_pkgs=(gcc python3 python3-dev python3-venv linux-libc-dev libsystemd-dev pkg-config)
 test_pkgs=(hyperv-daemons iproute2 util-linux systemd udev procps
            dpkg-dev debhelper dh-python python3-all-dev python3-setuptools python3-cffi
-           python3-pyudev python3-systemd)
+           python3-pyudev python3-systemd
+           mmdebstrap)  # mmdebstrap: the Debian 11 root file system of scripts/test-py39.sh
 
 apt_install() {
     local missing=()
