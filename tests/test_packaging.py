@@ -16,6 +16,9 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.main_run_only(
+    reason="debian/ builds for Debian 12 (pybuild-plugin-pyproject); Debian 11 has no such plugin"
+)
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the distro's python3, not a virtualenv's
 ALIASES = ("hv-kvp-daemon.service", "hypervkvpd.service", "hv_kvp_daemon.service")
 C_UNIT = "/lib/systemd/system/hv-kvp-daemon.service"
