@@ -103,6 +103,9 @@ inside() {
     mount --bind "$work/src" "$root/src"
     mount --bind "$cache/pip" "$root/root/.cache/pip"
     cp /etc/resolv.conf "$root/etc/resolv.conf"
+    # The C daemon resolves the host name when it starts; not found in /etc/hosts, it asks DNS,
+    # and inside a test's network namespace it then waits past the registration timeout.
+    cp /etc/hosts "$root/etc/hosts"
     cp "$ca_bundle" "$root/etc/ssl/pip-ca.pem"
     exec chroot "$root" /usr/bin/env -i \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -120,6 +123,19 @@ inside() {
             "$py" -m pip install -q ".[test,systemd,udev]"
             "$py" pykvpd/_shim_build.py >/dev/null
             "$py" -c "import sys; print(\"test-py39: Python\", sys.version.split()[0])"
+            # The installed commands, away from the source tree: a pool written and read back
+            # by kvp, and the simulator demo (daemon + simulated host, all steps must work).
+            bin=/opt/pykvpd-venv/bin
+            smoke=$(mktemp -d)
+            mkdir "$smoke/pools"
+            (cd "$smoke" && "$bin/kvp" --dir pools set DeploymentState ready \
+                && [ "$("$bin/kvp" --dir pools get DeploymentState)" = ready ] \
+                && "$bin/kvp" --dir pools fsck >/dev/null \
+                && "$bin/pykvpd" simulate >simulate.out \
+                && grep -q "all steps worked" simulate.out) \
+                || { echo "test-py39: the installed kvp or pykvpd simulate failed" >&2
+                     cat "$smoke/simulate.out" >&2 2>/dev/null; exit 1; }
+            echo "test-py39: installed kvp and pykvpd simulate work"
             # Not exec: this shell stays PID 1 of the namespace and reaps the daemons the tests
             # detach (pytest would leave them zombies, still in /proc).
             rc=0
