@@ -172,6 +172,27 @@ def test_parse_prefix(text, version, prefix):
     assert parse_prefix(text, version) == prefix
 
 
+@pytest.mark.parametrize("text", ["010.0.0.5", "10.0.0.05", "10.00.0.5", "::ffff:010.0.0.5"])
+def test_ipv4_octet_with_leading_zero_is_invalid_on_every_python(text):
+    """CPython before 3.9.5 (Debian 11's 3.9.2) reads '010' as decimal 10, inet_aton as octal 8."""
+    info = IpInfo(GUID, 1, 0, text, "24", "10.0.0.1", "10.0.0.2")
+    with pytest.raises(InvalidRequest, match="is not an IP address"):
+        parse_request(info)
+    with pytest.raises(InvalidRequest, match="is not an IP address"):
+        parse_request(info._replace(ip_addr="10.0.0.5", gate_way=text))
+
+
+@pytest.mark.parametrize("text", ["255.255.255.00", "255.255.0255.0"])
+def test_ipv4_netmask_with_leading_zero_is_invalid(text):
+    with pytest.raises(InvalidRequest, match="no IPv4 prefix or netmask"):
+        parse_prefix(text, 4)
+
+
+def test_ipv6_hextets_may_have_leading_zeros():
+    info = IpInfo(GUID, 2, 0, "2001:0db8:0000::0005", "64", "", "")
+    assert str(parse_request(info).addresses[0].address) == "2001:db8::5"
+
+
 def test_write_atomic_refuses_path_names(tmp_path):
     for name in ("../x", "a/b", "..", ".", "", "a\0b"):
         with pytest.raises(ValueError):
