@@ -133,6 +133,7 @@ def test_builtin_dhcp_sources(tmp_path):
 
     nm = etc / "NetworkManager" / "system-connections"
     nm.mkdir(parents=True)
+    (run / "NetworkManager").mkdir()  # running (no systemd here: its /run directory says so)
     (nm / "other.nmconnection").write_text("[connection]\ninterface-name=eth1\n[ipv4]\n"
                                             "method=auto\n")
     (nm / "by-mac.nmconnection").write_text("[ethernet]\nmac-address=00:15:5d:01:02:03\n"
@@ -164,6 +165,9 @@ def test_networkmanager_dhcp_verdict_follows_the_active_profile(tmp_path):
     (devices / "2").write_text("[device]\nmanaged=true\n"
                                "connection-uuid=11111111-1111-4111-8111-111111111111\n")
     assert builtin_dhcp(iface(a("192.0.2.5/24")), None, str(etc), str(run)) is True
+    # Stopped under systemd (its /run directory stays behind): NetworkManager has no say.
+    (run / "systemd" / "units").mkdir(parents=True)
+    assert builtin_dhcp(iface(a("192.0.2.5/24")), None, str(etc), str(run)) is False
 
 
 # --------------------------------------------------------------------------- names and ids

@@ -327,8 +327,16 @@ def test_no_backend_is_hv_e_fail_after_the_state_files(env):
 # --------------------------------------------------------------------------- built-in backends
 
 
+def nm_running(env: Env, running: bool = True) -> None:
+    """NetworkManager's /run directory, and systemd's link for the unit while it is active."""
+    (env.run / "NetworkManager").mkdir(exist_ok=True)
+    (env.run / "systemd" / "units").mkdir(parents=True, exist_ok=True)
+    if running:
+        (env.run / "systemd" / "units" / "invocation:NetworkManager.service").symlink_to("0123")
+
+
 def test_networkmanager_backend(env, monkeypatch):
-    (env.run / "NetworkManager").mkdir()
+    nm_running(env)
     env.standin("nmcli")
     connections = env.etc / "NetworkManager" / "system-connections"
     monkeypatch.setenv("STANDIN_WATCH", str(connections))
@@ -347,11 +355,23 @@ def test_networkmanager_backend(env, monkeypatch):
 
 
 def test_networkmanager_failure_is_hv_e_fail(env):
-    (env.run / "NetworkManager").mkdir()
+    nm_running(env)
     env.standin("nmcli")
     env.fail("nmcli", 4)
     assert env.netconfig().set_ip_info(spec_request()) == HV_E_FAIL
     assert len(env.calls()) == 1  # stopped after the failing load
+
+
+def test_stopped_networkmanager_leaves_run_behind_and_networkd_is_used(env):
+    """Found against the real stacks: /run/NetworkManager outlives NetworkManager."""
+    nm_running(env, running=False)
+    links = env.run / "systemd" / "netif" / "links"
+    links.mkdir(parents=True)
+    (links / "2").write_text("ADMIN_STATE=configured\n")
+    env.standin("nmcli")
+    env.standin("networkctl")
+    assert env.netconfig().set_ip_info(spec_request()) == HV_S_OK
+    assert [c[0] for c in env.calls()] == ["networkctl", "networkctl"]
 
 
 def test_networkd_backend(env, monkeypatch):
@@ -372,6 +392,7 @@ def test_networkd_backend(env, monkeypatch):
 
 
 def test_networkmanager_not_managing_the_link_falls_through_to_networkd(env):
+    nm_running(env)
     (env.run / "NetworkManager" / "devices").mkdir(parents=True)
     (env.run / "NetworkManager" / "devices" / "2").write_text("[device]\nmanaged=false\n")
     links = env.run / "systemd" / "netif" / "links"

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 
+from .dhcpstate import nm_running
 from .ifupdown import ifupdown_plan
 from .inject import keyfile_uuid, render_keyfile, render_networkd
 from .nics import valid_ifname
@@ -41,7 +42,7 @@ def _kv_file(path: str) -> dict:
 
 
 def _nm_manages(target: Target, run_dir: str) -> bool:
-    if not os.path.isdir(os.path.join(run_dir, "NetworkManager")) or not shutil.which("nmcli"):
+    if not shutil.which("nmcli") or not nm_running(run_dir):
         return False
     if target.ifindex is not None:
         state = _kv_file(os.path.join(run_dir, "NetworkManager", "devices", str(target.ifindex)))

@@ -60,6 +60,15 @@ def _nm_profiles(etc_dir: str, run_dir: str) -> List[Dict[str, Dict[str, str]]]:
     return profiles
 
 
+def nm_running(run_dir: str) -> bool:
+    """Whether NetworkManager runs: /run/NetworkManager outlives it, so under systemd the unit's
+    invocation link (present only while the unit is active) decides; elsewhere the directory."""
+    units = os.path.join(run_dir, "systemd", "units")
+    if os.path.isdir(units):
+        return os.path.lexists(os.path.join(units, "invocation:NetworkManager.service"))
+    return os.path.isdir(os.path.join(run_dir, "NetworkManager"))
+
+
 def _nm_is_dhcp(profile: Dict[str, Dict[str, str]]) -> bool:
     return profile.get("ipv4", {}).get("method", "auto") == "auto"
 
@@ -72,6 +81,8 @@ def _nm_dhcp(ifname: str, ifindex: Optional[int], mac: Optional[str], etc_dir: s
     (``connection-uuid=``). Without one (device not activated yet) the candidate NetworkManager
     would activate is used: the bound profile with the highest autoconnect-priority.
     """
+    if not nm_running(run_dir):
+        return None
     profiles = _nm_profiles(etc_dir, run_dir)
     if ifindex is not None:
         device = ini(_read(os.path.join(run_dir, "NetworkManager", "devices", str(ifindex)))
