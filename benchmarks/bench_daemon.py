@@ -32,6 +32,9 @@ Measured (issue #2's bar in brackets):
 
 * round trip of one request on a 10-record pool: SET (modify), GET, ENUMERATE [ours <= 1.5x C];
 * SET on a 10,000-record pool, modify and append [C/ours >= 20];
+* issue #10's scenarios, each in a fresh daemon on a fresh 10,000-record pool: DELETE from the
+  head, SET of new keys, GET of a late key [C/ours >= 20], and the daemon's peak RSS (VmHWM)
+  after each [ours <= C];
 * full host enumeration of a 10,000-record pool [C/ours >= 20; C about 27 s];
 * peak RSS (VmHWM of the daemon process) after the 10-record workload [ours <= 20 MB];
 * idle CPU time and wake-ups over 3 s, after the status write that follows the last request
@@ -44,6 +47,7 @@ not depend on the kernel side at all).
 Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--watchdog] [--repeat N]
 [--json FILE]``; ``--watchdog`` adds our 10-record round trips with ``NOTIFY_SOCKET`` and
 ``WATCHDOG_USEC`` set, as under systemd (bar: within 5 % of the run without);
+``--only-10k``: only issue #10's 10,000-record scenarios;
 ``--profile FILE`` runs only our daemon's workloads under cProfile and prints the top costs.
 ``--quick`` walks only 1,000 of the C daemon's 10,000 records and extrapolates linearly (each of
 its ENUMERATEs re-reads the whole file, so the cost per index is constant for a given pool).
@@ -375,6 +379,34 @@ def big_pool(
     return result
 
 
+def scale_10k(kind: str, workdir: str, python: str, sizes: Sizes) -> Dict[str, float]:
+    """Issue #10's scenarios, each on its own daemon and 10,000-record pool, so that each
+    scenario's peak RSS (VmHWM) is its own: DELETE from the head (``key-00000``,
+    ``key-00001``, ...: the C daemon shifts the whole tail each time), SET of new keys, GET of
+    the last key. A GET of the first key first makes both daemons read the file."""
+    scenarios = {
+        "delete_10k_head": [
+            p.build_key_message(p.OP_DELETE, 1, b"key-%05d" % i) for i in range(sizes.big_set)
+        ],
+        "set_10k_add": [
+            p.build_key_message(p.OP_SET, 1, b"added-%05d" % i, b"v" * 100)
+            for i in range(sizes.big_set)
+        ],
+        "get_10k_late": [p.build_key_message(p.OP_GET, 1, b"key-%05d" % (BIG - 1))]
+        * sizes.big_set,
+    }
+    result: Dict[str, float] = {}
+    for name, messages in scenarios.items():
+        daemon = Daemon(kind, os.path.join(workdir, name), python)
+        daemon.populate(1, BIG)
+        with daemon:
+            daemon.expect(p.build_key_message(p.OP_GET, 1, b"key-%05d" % (BIG // 2)))
+            put(result, name, timed(daemon, messages, check=True))
+            status = read_status(f"/proc/{daemon.pid}/status")
+            result["rss_" + name] = float(status["VmHWM"].split()[0])
+    return result
+
+
 def full_enumeration(daemon: Daemon, total: int, limit: int) -> Dict[str, float]:
     """Walk index 0, 1, ... as the host does; extrapolate linearly if stopped at ``limit``."""
     cpu0 = cpu_ns(daemon.pid)
@@ -410,6 +442,7 @@ def registration_time(kind: str, workdir: str, python: str, runs: int) -> float:
 def measure(kind: str, base: str, python: str, sizes: Sizes) -> Dict[str, float]:
     """Everything for one daemon with its pools under ``base`` (the main, tmpfs run)."""
     out: Dict[str, float] = {}
+    out.update(scale_10k(kind, os.path.join(base, f"{kind}-10k"), python, sizes))
     out.update(small_pool(kind, os.path.join(base, f"{kind}-small"), python, sizes, idle=True))
     out.update(big_pool(kind, os.path.join(base, f"{kind}-big"), python, sizes, True))
     out["registration_s"] = registration_time(
@@ -552,6 +585,14 @@ ROWS = [
     Row("set_10k_modify", "SET modify, 10,000 records", "ms", "C/ours >= 20", faster(20), True),
     Row("set_10k_append", "SET append, 10,000 records", "ms", "C/ours >= 20", faster(20), True),
     Row("enum_10k_full", "full enumeration, 10,000 records", "s", "C/ours >= 20", faster(20), True),
+    Row("delete_10k_head", "DELETE at the head, 10,000 records", "ms", "C/ours >= 20",
+        faster(20), True),
+    Row("set_10k_add", "SET of a new key, 10,000 records", "ms", "C/ours >= 20", faster(20), True),
+    Row("get_10k_late", "GET of the last key, 10,000 records", "ms", "C/ours >= 20", faster(20),
+        True),
+    Row("rss_delete_10k_head", "peak RSS, DELETE at head, 10k", "MB", "ours <= C", within(1), True),
+    Row("rss_set_10k_add", "peak RSS, SET new key, 10k", "MB", "ours <= C", within(1), True),
+    Row("rss_get_10k_late", "peak RSS, GET late key, 10k", "MB", "ours <= C", within(1), True),
     Row("rss_hwm_kb", "peak RSS (VmHWM), 10 records", "MB", "ours <= 20 MB",
         lambda o, c: o <= 20 * 1024, False),
     Row("idle_cpu_s", f"idle CPU over {IDLE_SECONDS:g} s", "ms", "zero",
@@ -618,7 +659,10 @@ def print_table(
 def print_details(ours: Dict[str, float], c: Optional[Dict[str, float]]) -> None:
     """Secondary numbers: p90s, each daemon's own CPU per request, idle details."""
     print("\ndetails (median of runs)             C daemon      pykvpd")
-    for key in ("set_10", "get_10", "enum_10", "set_10k_modify", "set_10k_append"):
+    for key in (
+        "set_10", "get_10", "enum_10", "set_10k_modify", "set_10k_append",
+        "delete_10k_head", "set_10k_add", "get_10k_late",
+    ):  # fmt: skip
         unit = "ms" if "10k" in key else "us"
         for suffix, what in (("_p90", "p90 round trip"), ("_cpu", "daemon CPU/request")):
             name = key + suffix
@@ -792,11 +836,12 @@ def run_all(
 ) -> Tuple[List[Dict[str, float]], List[Dict[str, float]]]:
     """``--repeat`` runs of every measurement, C and ours alternating within each run."""
     ours_runs, c_runs = [], []
+    what = scale_10k if args.only_10k else measure
     for run in range(args.repeat):
         where = os.path.join(base, f"run{run}")
         if with_c:
-            c_runs.append(measure("c", where, args.python, sizes))
-        ours_runs.append(measure("py", where, args.python, sizes))
+            c_runs.append(what("c", where, args.python, sizes))
+        ours_runs.append(what("py", where, args.python, sizes))
         ours_runs[-1].update(floors(where, args.python, sizes))
         if args.watchdog:
             args.watchdog_runs.append(watchdog_run(os.path.join(where, "wd"), args.python, sizes))
@@ -835,6 +880,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--watchdog", action="store_true",
         help="also time our 10-record round trips with NOTIFY_SOCKET/WATCHDOG_USEC set",
+    )
+    parser.add_argument(
+        "--only-10k", action="store_true", help="only the 10,000-record DELETE/SET/GET scenarios"
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter for our daemon")
     parser.add_argument(
