@@ -21,7 +21,7 @@ def pytest_configure(config) -> None:  # noqa: ANN001
 # Whole modules that are main_run_only without saying so themselves: they boot their own
 # systemd containers, which the 3.9 run's chroot would have to nest.
 MAIN_RUN_ONLY_MODULES = (
-    ("test_systemd_real.py", "runs in the main (bookworm) run; boots its own container"),
+    ("test_systemd_*.py", "runs in the main (bookworm) run; boots its own container"),
     ("test_netstack_real*.py", "runs in the main (bookworm) run; boots its own container"),
 )
 
