@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import inotify
-from .pools import POOL_LABELS, PoolError, PoolFile, pool_filename
+from .store import POOL_LABELS, PoolError, PoolFile, pool_filename
 
 log = logging.getLogger(__name__)
 
