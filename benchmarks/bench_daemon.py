@@ -44,8 +44,10 @@ Measured (issue #2's bar in brackets):
 Also printed: each daemon's own CPU time per request (``/proc/PID/task/*/schedstat``, which does
 not depend on the kernel side at all).
 
-Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--repeat N] [--json FILE]``
-(``--only-10k``: only issue #10's 10,000-record scenarios);
+Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--watchdog] [--repeat N]
+[--json FILE]``; ``--watchdog`` adds our 10-record round trips with ``NOTIFY_SOCKET`` and
+``WATCHDOG_USEC`` set, as under systemd (bar: within 5 % of the run without);
+``--only-10k``: only issue #10's 10,000-record scenarios;
 ``--profile FILE`` runs only our daemon's workloads under cProfile and prints the top costs.
 ``--quick`` walks only 1,000 of the C daemon's 10,000 records and extrapolates linearly (each of
 its ENUMERATEs re-reads the whole file, so the cost per index is constant for a given pool).
@@ -757,6 +759,64 @@ def profile(args: argparse.Namespace, sizes: Sizes) -> int:
 # --------------------------------------------------------------------------- main
 
 
+class NotifySocket:
+    """A service manager's notify socket for ``--watchdog``: our daemon gets NOTIFY_SOCKET and
+    WATCHDOG_USEC (30 s, the unit's WatchdogSec) in its environment, as under systemd, and the
+    messages it sends are counted (and drained, so a full queue never blocks it)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.name = f"pykvpd-bench-notify-{os.getpid()}"
+        self.sock.bind("\0" + self.name)
+        self.sock.setblocking(False)
+        self.messages: List[bytes] = []
+
+    def __enter__(self) -> NotifySocket:
+        os.environ.update(NOTIFY_SOCKET="@" + self.name, WATCHDOG_USEC="30000000")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
+            os.environ.pop(name, None)
+        self.drain()
+        self.sock.close()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096))
+            except BlockingIOError:
+                return
+
+
+def watchdog_run(workdir: str, python: str, sizes: Sizes) -> Dict[str, float]:
+    """The 10-record round trips with the watchdog armed, plus how many pings were sent."""
+    with NotifySocket() as notify:
+        result = small_pool("py", workdir, python, sizes, idle=False)
+    result["watchdog_pings"] = float(notify.messages.count(b"WATCHDOG=1"))
+    result["notify_messages"] = float(len(notify.messages))
+    return result
+
+
+def print_watchdog(ours_runs: List[Dict[str, float]], wd_runs: List[Dict[str, float]]) -> None:
+    """Per-request cost with NOTIFY_SOCKET/WATCHDOG_USEC set against without."""
+    off, on = median_of(ours_runs), median_of(wd_runs)
+    print("\nwatchdog on (NOTIFY_SOCKET, WATCHDOG_USEC=30 s) against off,"
+          f" median of {len(wd_runs)} runs")
+    print(f"{'measure':34} {'unit':4} {'off':>10} {'on':>10} {'on/off':>8}  bar")
+    for key, label in (("set_10", "SET round trip, 10 records"),
+                       ("get_10", "GET round trip, 10 records"),
+                       ("set_10_cpu", "SET daemon CPU/request"),
+                       ("get_10_cpu", "GET daemon CPU/request")):
+        if key in off and key in on:
+            ratio = on[key] / off[key]
+            verdict = "ok" if ratio <= 1.05 else "MISSED"
+            print(f"{label:34} {'us':4} {fmt('us', off[key]):>10} {fmt('us', on[key]):>10}"
+                  f" {ratio:>8.3f}  on <= 1.05x off [{verdict}]")
+    print(f"  keep-alives sent: {on.get('watchdog_pings', 0):g} "
+          f"(of {on.get('notify_messages', 0):g} notify messages) during the workload")
+
+
 def run_all(
     base: str, args: argparse.Namespace, sizes: Sizes, with_c: bool
 ) -> Tuple[List[Dict[str, float]], List[Dict[str, float]]]:
@@ -769,6 +829,8 @@ def run_all(
             c_runs.append(what("c", where, args.python, sizes))
         ours_runs.append(what("py", where, args.python, sizes))
         ours_runs[-1].update(floors(where, args.python, sizes))
+        if args.watchdog:
+            args.watchdog_runs.append(watchdog_run(os.path.join(where, "wd"), args.python, sizes))
         shutil.rmtree(where, ignore_errors=True)
         print(f"run {run + 1}/{args.repeat} done", file=sys.stderr)
     return ours_runs, c_runs
@@ -802,6 +864,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--json", help="also write every run's numbers to this file")
     parser.add_argument("--no-c", action="store_true", help="measure only our daemon")
     parser.add_argument(
+        "--watchdog", action="store_true",
+        help="also time our 10-record round trips with NOTIFY_SOCKET/WATCHDOG_USEC set",
+    )
+    parser.add_argument(
         "--only-10k", action="store_true", help="only the 10,000-record DELETE/SET/GET scenarios"
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter for our daemon")
@@ -816,7 +882,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         metavar="FILE",
         help="only run our daemon's workloads under cProfile, save to FILE, print the top costs",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.watchdog_runs = []
+    return args
 
 
 def pin(args: argparse.Namespace) -> str:
@@ -856,12 +924,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     title = f"bars, pools on {fs_type(args.tmpfs_dir)} ({mode}, median of {args.repeat} runs)"
     met, judged = print_table(title, ours_runs, c_runs or None)
     print_details(ours, median_of(c_runs) if c_runs else None)
+    if args.watchdog_runs:
+        print_watchdog(ours_runs, args.watchdog_runs)
     if disk is not None:
         title = f"SET round trips, pools on {fs_type(args.disk_dir)} ({args.disk_dir})"
         print_table(title, disk[0], disk[1] or None)
     print(f"\n{met} of {judged} bars met (pools on {fs_type(args.tmpfs_dir)})")
     if args.json:
-        data = {"pykvpd": ours_runs, "c": c_runs}
+        data = {"pykvpd": ours_runs, "c": c_runs, "pykvpd_watchdog": args.watchdog_runs}
         if disk is not None:
             data.update({"pykvpd_disk": disk[0], "c_disk": disk[1]})
         with open(args.json, "w") as fh:
