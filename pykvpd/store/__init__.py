@@ -46,7 +46,17 @@ from .errors import (
     RecordTooLarge,
 )
 from .freshness import DirWatch
-from .fsck import REPAIRS, Finding, FsckReport, check, fsck_findings, repair, repair_image
+from .fsck import (
+    REPAIRS,
+    Finding,
+    FsckReport,
+    Inspection,
+    check,
+    fsck_findings,
+    inspect,
+    repair,
+    repair_image,
+)
 from .journal import journal_path
 from .pooldir import DEFAULT_POOL_DIR, PoolDir
 from .poolfile import DEFAULT_MODE, PoolFile
@@ -83,6 +93,7 @@ __all__ = [
     "DirWatch",
     "Finding",
     "FsckReport",
+    "Inspection",
     "InvalidRecord",
     "KEY_SIZE",
     "KvpEvent",
@@ -118,6 +129,7 @@ __all__ = [
     "delete_chunked",
     "encode_record",
     "fsck_findings",
+    "inspect",
     "join_chunks",
     "journal_path",
     "open_pool",

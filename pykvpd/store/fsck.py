@@ -6,7 +6,15 @@ import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .poolfile import PoolFile
-from .records import KEY_SIZE, RECORD_SIZE, decode_pool, decode_record, encode_record, split_records
+from .records import (
+    KEY_SIZE,
+    RECORD_SIZE,
+    PoolImage,
+    decode_pool,
+    decode_record,
+    encode_record,
+    split_records,
+)
 from .sidecars import save_backup, saved_partials
 
 # Finding kinds. Repairable ones are fixed by ``repair_image``; the others are only reported.
@@ -216,3 +224,16 @@ def repair(pool: PoolFile) -> FsckReport:
         seen.get("fixed", []),  # type: ignore[arg-type]
         seen.get("backup"),  # type: ignore[arg-type]
     )
+
+
+class Inspection(NamedTuple):
+    """A pool file's bytes decoded for display (``kvp dump``): every record, damaged or not."""
+
+    size: int
+    image: PoolImage
+    findings: List[Finding]
+
+
+def inspect(data: bytes) -> Inspection:
+    """Decode any bytes as a pool file and say what is wrong with them; never raises."""
+    return Inspection(len(data), decode_pool(data), fsck_findings(data))

@@ -114,6 +114,17 @@ class OpenPool:
         finally:
             os.close(jfd)
 
+    def as_completed(self, fd: int) -> Optional[bytes]:
+        """A read-only reader cannot complete a change a killed writer left in the journal,
+        but it can show the pool as it will be: never the half-done change. None when no
+        change is pending (the file is then read as it is)."""
+        pending = self.pending_change()
+        if not pending:
+            return None
+        data = read_all(fd, self.path)
+        completed = journal.replayed_in_memory(data, pending)
+        return None if completed is data else completed
+
     # ----------------------------------------------------------------- locking
 
     @contextmanager

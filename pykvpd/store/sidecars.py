@@ -23,6 +23,21 @@ def _prefix(kind: str, pool_name: str) -> str:
     return f".pykvpd-{kind}-{pool_name.lstrip('.')}"
 
 
+def keep_partial(directory: DirHandle, pool_path: str, partial: bytes, decodes: bool) -> bool:
+    """Before a record is appended over a partial one: a partial record that ``decodes`` as a
+    record once zero-padded is to be padded and kept in place (True); one that does not is
+    saved beside the pool (shown by fsck) and may then be overwritten (False). Logged."""
+    if decodes:
+        log.warning(
+            "%s: keeping a partial record of %d bytes by padding it to a whole record",
+            pool_path,
+            len(partial),
+        )
+        return True
+    save_partial(directory, pool_path, partial)
+    return False
+
+
 def save_partial(directory: DirHandle, pool_path: str, data: bytes) -> str:
     """Keep a partial record's bytes beside its pool (logged); returns the file's path."""
     saved = save_aside(
