@@ -20,6 +20,7 @@ import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import events as ev
+from .hooks import HookRunner
 from .pools import (
     DEFAULT_POOL_DIR,
     KEY_SIZE,
@@ -38,7 +39,7 @@ from .pools import (
     pool_number,
 )
 from .protocol import POOL_COUNT
-from .watch import OPS, Change, HookRunner, PoolWatcher, wait_for
+from .watch import OPS, Change, PoolWatcher, wait_for
 
 log = logging.getLogger("kvp")
 
@@ -945,8 +946,6 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
                 if emit(change):
                     return EXIT_OK
     finally:
-        if runner is not None:
-            runner.kill()
         watcher.close()
 
 

@@ -14,7 +14,7 @@ import pytest
 from test_cli_helpers import ROOT, kvp, kvp_argv, rec, write_pool
 
 from pykvpd.pools import PoolDir
-from pykvpd.watch import Change, HookRunner, PoolWatcher, diff
+from pykvpd.watch import Change, PoolWatcher, diff
 
 WAIT = 20.0  # generous upper bound for anything to happen; never asserted as a duration
 
@@ -128,57 +128,6 @@ def test_changes_times_out_with_nothing(pooldir):
     with PoolWatcher(pooldir, [1]) as watcher:
         watcher.initial()
         assert watcher.changes(0.05) == []
-
-
-# --------------------------------------------------------------------------- hooks
-
-
-def test_hook_gets_env_and_value_on_stdin(tmp_path):
-    out = tmp_path / "out"
-    script = (
-        "import os, sys; open(sys.argv[1], 'w').write("
-        "'|'.join([os.environ[k] for k in ('KVP_POOL', 'KVP_POOL_NAME', 'KVP_KEY', 'KVP_OP')]"
-        " + [sys.stdin.read()]))"
-    )
-    runner = HookRunner([sys.executable, "-c", script, str(out)], timeout=WAIT)
-    assert runner.run(Change("modify", 0, "PatchNow", "yes\nplease", "no")) == 0
-    assert out.read_text() == "0|external|PatchNow|modify|yes\nplease"
-    assert runner.run(Change("delete", 3, "K", None, "old")) == 0
-    assert out.read_text() == "3|auto-external|K|delete|"
-
-
-def test_hook_failures_and_timeouts_do_not_raise(tmp_path, caplog):
-    fail = HookRunner([sys.executable, "-c", "import sys; sys.exit(7)"], timeout=WAIT)
-    assert fail.run(Change("add", 1, "K", "v")) == 7
-    assert "exited with status 7" in caplog.text
-    missing = HookRunner([str(tmp_path / "no-such-command")], timeout=WAIT)
-    assert missing.run(Change("add", 1, "K", "v")) is None
-    assert "cannot run" in caplog.text
-    pidfile = tmp_path / "child"
-    slow = HookRunner(
-        [
-            "sh",
-            "-c",
-            f"sleep 60 & echo $! > {pidfile}; wait",
-        ],
-        timeout=0.5,
-        grace=5,
-    )
-    assert slow.run(Change("add", 1, "K", "v")) is None
-    assert "killed" in caplog.text
-    child = int(pidfile.read_text())
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.05)
-    assert not _alive(child)  # the whole process group went, not just the shell
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --------------------------------------------------------------------------- kvp watch / wait
