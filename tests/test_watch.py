@@ -243,3 +243,53 @@ def test_kvp_wait_timeout_and_success(pooldir):
         0,
         b"no\n",
     )  # pool 0 first
+
+
+# --------------------------------------------------------------------------- host re-writes
+
+
+def test_logged_same_value_writes_are_modify_events_unless_turned_off(pooldir):
+    from pykvpd.hostwrites import HostWriteLog
+
+    pools = PoolDir(pooldir, create=True)
+    pools.pool(0).set("PatchNow", "1")
+    pools.pool(0).set("Other", "x")
+    writes = HostWriteLog(pooldir)
+    writes.record(0, b"PatchNow")  # written before the watch started: not reported
+    with PoolWatcher(pooldir, [0]) as every, PoolWatcher(pooldir, [0], rewrites=False) as changes:
+        assert ops(every.initial()) == [
+            ("initial", 0, "PatchNow", "1"),
+            ("initial", 0, "Other", "x"),
+        ]
+        changes.initial()
+        for _ in range(2):  # the daemon's part of a host SET PatchNow=1: pool, then the log
+            pools.pool(0).set("PatchNow", "1")
+            writes.record(0, b"PatchNow")
+            (change,) = next_changes(every)
+            assert (change.op, change.key, change.value, change.old_value) == (
+                "modify",
+                "PatchNow",
+                "1",
+                "1",
+            )
+        pools.pool(0).set("Other", "y")
+        assert ops(next_changes(changes)) == [("modify", 0, "Other", "y")]  # nothing before it
+        assert ops(next_changes(every)) == [("modify", 0, "Other", "y")]
+        writes.record(1, b"PatchNow")  # a pool this watch does not follow
+        writes.record(0, b"Gone")  # a key no longer in the pool
+        pools.pool(0).set("End", "1")
+        assert ops(next_changes(every)) == [("add", 0, "End", "1")]
+    writes.close()
+    pools.close()
+
+
+def test_absent_keys_fire_once_at_start():
+    from pykvpd.watch import absent_initial
+
+    present = [Change("initial", 1, "Env", "prod")]
+    assert ops(absent_initial(["PatchNow", "Env", "E*", "X?"], present)) == [
+        ("initial", None, "PatchNow", None),
+        ("initial", None, "X?", None),
+    ]
+    assert ops(absent_initial([], [])) == [("initial", None, "*", None)]
+    assert absent_initial([], present) == []
