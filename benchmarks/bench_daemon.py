@@ -74,7 +74,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from cdaemon import KvpPeer, c_daemon_missing  # noqa: E402
 
 from pykvpd import protocol as p  # noqa: E402
-from pykvpd.pools import encode_record  # noqa: E402
+from pykvpd.store import encode_record  # noqa: E402
 
 BIG = 10_000
 SMALL = 10

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import fnmatch
 import json
 import logging
@@ -19,11 +18,12 @@ import signal
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import events as ev
+from . import store
 from .hooks import HookRunner
-from .pools import (
+from .store import (
     DEFAULT_POOL_DIR,
     KEY_SIZE,
+    POOL_COUNT,
     POOL_LABELS,
     POOL_NAMES,
     RECORD_SIZE,
@@ -34,11 +34,9 @@ from .pools import (
     PoolImage,
     RecordTooLarge,
     decode_pool,
-    encode_record,
     pool_filename,
     pool_number,
 )
-from .protocol import POOL_COUNT
 from .watch import OPS, Change, PoolWatcher, wait_for
 
 log = logging.getLogger("kvp")
@@ -395,10 +393,10 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
 
 def list_events(args: argparse.Namespace, out: Output, images: Dict[int, Any]) -> int:
     triples = [(n, i, rec) for n, image in images.items() for i, rec in valid_records(image)]
-    found = ev.reassemble_events(triples)
-    boot = ev.boot_time()
+    found = store.reassemble_events(triples)
+    boot = store.boot_time()
 
-    def this_boot(event: ev.KvpEvent) -> Optional[bool]:
+    def this_boot(event: store.KvpEvent) -> Optional[bool]:
         inc = event.fields.get("incarnation")
         if boot is None or not isinstance(inc, int):
             return None
@@ -450,7 +448,7 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
         values = first_values(image)
         chunks = None
         if args.join:
-            joined = ev.join_chunks(values, text(key))
+            joined = store.join_chunks(values, text(key))
             if joined is None:
                 continue
             value, chunks = joined
@@ -520,20 +518,20 @@ def cmd_set(args: argparse.Namespace, out: Output) -> int:
         if not 4 <= size <= value_limit:
             raise usage(f"--chunk-size is {size}; it must be between 4 and {value_limit}")
         checked(value, "value", len(value), args.unsafe)  # NUL and UTF-8 only
-        chunks = ev.split_value(value, size)
+        count = len(store.split_value(value, size))
         checked(
-            ev.chunk_key(text(key), len(chunks) - 1).encode(),
-            f"key of chunk {len(chunks) - 1}",
+            store.chunk_key(text(key), count - 1).encode(),
+            f"key of chunk {count - 1}",
             key_limit,
             args.unsafe,
         )
         pool = writable_pool(args, number)
         with contextlib.closing(pool):
-            ev.transact(pool, lambda data, _st: set_chunks(data, text(key), chunks))
+            store.write_chunks(pool, text(key), value, size)
         op = "chunked"
     else:
         checked(value, "value", value_limit, args.unsafe)
-        chunks = []
+        count = 0
         pool = writable_pool(args, number)
         with contextlib.closing(pool):
             op = "add" if pool.set(key, value) else "modify"
@@ -547,31 +545,9 @@ def cmd_set(args: argparse.Namespace, out: Output) -> int:
             "op": op,
         }
         if args.chunk:
-            result["chunks"] = len(chunks)
+            result["chunks"] = count
         out.json(result)
     return EXIT_OK
-
-
-def set_chunks(data: bytes, key: str, chunks: List[bytes]) -> bytes:
-    """Pool bytes with KEY.0..N-1 set, and KEY and any KEY.i (i >= N) removed."""
-    raw = ev.RawPool(data)
-    kept = []
-    for blob, rec in zip(raw.raw, raw.records()):
-        if rec.valid:
-            index = ev.chunk_index(rec.text_key, key)
-            if rec.text_key == key or (index is not None and index >= len(chunks)):
-                continue
-        kept.append(blob)
-    raw.raw = kept
-    first = raw.first_index()
-    for i, chunk in enumerate(chunks):
-        name = ev.chunk_key(key, i).encode("utf-8")
-        record = encode_record(name, chunk)
-        if name in first:
-            raw.raw[first[name]] = record
-        else:
-            raw.append(record)
-    return raw.to_bytes()
 
 
 def cmd_delete(args: argparse.Namespace, out: Output) -> int:
@@ -584,9 +560,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> int:
         pool = writable_pool(args, number)
         with contextlib.closing(pool):
             if args.chunk:
-                removed: List[int] = []
-                ev.transact(pool, lambda data, _st: delete_chunks(data, text(key), removed))
-                found = removed[0] if removed else 0
+                found = store.delete_chunked(pool, text(key))
             else:
                 found = 1 if pool.delete(key) else 0
     if args.json:
@@ -606,20 +580,6 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def delete_chunks(data: bytes, key: str, removed: List[int]) -> Optional[bytes]:
-    raw = ev.RawPool(data)
-    kept = []
-    for blob, rec in zip(raw.raw, raw.records()):
-        if rec.valid and (rec.text_key == key or ev.chunk_index(rec.text_key, key) is not None):
-            continue
-        kept.append(blob)
-    removed.append(len(raw.raw) - len(kept))
-    if len(kept) == len(raw.raw):
-        return None
-    raw.raw = kept
-    return raw.to_bytes()
-
-
 def cmd_dump(args: argparse.Namespace, out: Output) -> int:
     if args.file == "-":
         data, name = sys.stdin.buffer.read(), "<stdin>"
@@ -629,10 +589,10 @@ def cmd_dump(args: argparse.Namespace, out: Output) -> int:
             raise CliError(f"{name}: no such file", EXIT_IO)
         pool = PoolFile(name, writable=False, lock_timeout=args.lock_timeout)
         with contextlib.closing(pool):
-            data = ev.read_locked(pool)
+            data = pool.raw()
     image = decode_pool(data)
-    findings = ev.fsck_findings(data)
-    by_index: Dict[Optional[int], List[ev.Finding]] = {}
+    findings = store.fsck_findings(data)
+    by_index: Dict[Optional[int], List[store.Finding]] = {}
     for f in findings:
         by_index.setdefault(f.index, []).append(f)
     if args.json:
@@ -678,7 +638,7 @@ def cmd_dump(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def finding_json(f: ev.Finding) -> Dict[str, Any]:
+def finding_json(f: store.Finding) -> Dict[str, Any]:
     return {
         "kind": f.kind,
         "index": f.index,
@@ -736,50 +696,19 @@ def fsck_one(args: argparse.Namespace, number: Optional[int], path: str) -> Dict
         if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.W_OK):
             raise CliError(f"{path}: permission denied; repairing needs root (try sudo)", EXIT_IO)
         pool = PoolFile(path, writable=True, lock_timeout=args.lock_timeout)
-        seen: Dict[str, Any] = {}
-
-        def edit(data: bytes, _st: os.stat_result) -> Optional[bytes]:
-            seen["findings"] = ev.fsck_findings(data)
-            seen["records"] = len(data) // RECORD_SIZE
-            fixed_data, fixed = ev.repair_image(data)
-            if not fixed:
-                return None
-            seen["backup"] = write_backup(path, data)
-            seen["fixed"] = fixed
-            return fixed_data
-
         with contextlib.closing(pool):
-            ev.transact(pool, edit)
-        findings = seen["findings"]
-        result["backup"] = seen.get("backup")
-        result["repaired"] = [finding_json(f) for f in seen.get("fixed", [])]
-        result["records"] = seen["records"]
+            report = store.repair(pool)
     else:
         pool = PoolFile(path, writable=False, lock_timeout=args.lock_timeout)
         with contextlib.closing(pool):
-            data = ev.read_locked(pool)
-        findings = ev.fsck_findings(data)
-        result["records"] = len(data) // RECORD_SIZE
+            report = store.check(pool)
+    findings = report.findings
+    result["backup"] = report.backup
+    result["repaired"] = [finding_json(f) for f in report.repaired]
+    result["records"] = report.records
     result["findings"] = [finding_json(f) for f in findings]
-    result["remaining"] = ev.remaining_findings(findings, repaired=args.repair)
+    result["remaining"] = report.remaining()
     return result
-
-
-def write_backup(path: str, data: bytes) -> str:
-    """Save a pool's bytes before repairing it, beside it, under a name no pool glob matches."""
-    directory, base = os.path.split(path)
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
-    backup = os.path.join(directory, f".pykvpd-fsck-{base.lstrip('.')}-{stamp}")
-    try:
-        fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise PoolError(f"{backup}: cannot write the backup: {exc.strerror}") from None
-    return backup
 
 
 def print_fsck(out: Output, result: Dict[str, Any], repair: bool) -> None:
@@ -794,7 +723,7 @@ def print_fsck(out: Output, result: Dict[str, Any], repair: bool) -> None:
     for f in findings:
         where = f"record {f['index']}" if f["index"] is not None else f"offset {f['offset']}"
         if (f["kind"], f["index"]) in repaired:
-            note = f"  [{ev.REPAIRS[f['kind']]}]"
+            note = f"  [{store.REPAIRS[f['kind']]}]"
         elif f["repairable"] and not repair:
             note = "  [--repair fixes this]"
         elif not f["repairable"]:
@@ -809,7 +738,7 @@ def print_fsck(out: Output, result: Dict[str, Any], repair: bool) -> None:
 def cmd_is_stale(args: argparse.Namespace, out: Output) -> int:
     number = one_pool(args)
     path = os.path.join(pool_directory(args), pool_filename(number))
-    boot = ev.boot_time()
+    boot = store.boot_time()
     try:
         mtime: Optional[float] = os.stat(path).st_mtime
     except FileNotFoundError:
@@ -844,21 +773,11 @@ def cmd_clear(args: argparse.Namespace, out: Output) -> int:
     result = {"cleared": False, "records": 0, "stale": None}
     if os.path.exists(path):
         pool = writable_pool(args, number)
-        boot = ev.boot_time() if args.if_stale else None
+        boot = store.boot_time() if args.if_stale else None
         if args.if_stale and boot is None:
             raise CliError("cannot tell the boot time; not clearing", EXIT_IO)
-
-        def edit(data: bytes, st: os.stat_result) -> Optional[bytes]:
-            result["records"] = len(data) // RECORD_SIZE
-            if boot is not None:
-                result["stale"] = st.st_mtime < boot
-                if not result["stale"]:
-                    return None
-            result["cleared"] = True
-            return b""
-
         with contextlib.closing(pool):
-            ev.transact(pool, edit)
+            result = store.clear(pool, if_stale_since=boot)._asdict()
     if args.json:
         out.json(
             {
@@ -1004,7 +923,7 @@ def _setup_logging(args: Optional[argparse.Namespace]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     if args is not None and args.command in ("dump", "fsck"):
-        logging.getLogger("pykvpd.pools").setLevel(logging.ERROR)  # we report damage ourselves
+        logging.getLogger("pykvpd.store").setLevel(logging.ERROR)  # we report damage ourselves
 
 
 def _permission_hint(message: str) -> str:

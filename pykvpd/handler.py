@@ -1,7 +1,7 @@
 """Decides the reply to one host request: where a host SET lands, and what ENUMERATE returns.
 
 The daemon loop hands every 7432-byte message to ``Handler.handle`` and writes back the reply it
-returns. Nothing here touches the device; the pool files are reached through ``pools`` and the
+returns. Nothing here touches the device; the pool files are reached through ``store`` and the
 generated Auto pool through ``intrinsic``, so the whole decision is testable without a kernel.
 
 Status mapping (spec §1.3, §9 row 28):
@@ -17,7 +17,7 @@ import logging
 from typing import Optional, Protocol, Union
 
 from . import protocol as p
-from .pools import PoolDir, PoolError
+from .store import PoolDir, PoolError
 
 log = logging.getLogger(__name__)
 

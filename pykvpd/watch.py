@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 
 from . import inotify
 from .hostwrites import LOG_NAME, read_log
-from .pools import POOL_LABELS, PoolError, PoolFile, pool_filename
+from .store import POOL_LABELS, PoolError, PoolFile, pool_filename
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from pykvpd import protocol as p
-from pykvpd.pools import RECORD_SIZE, PoolImage, decode_pool
 from pykvpd.simulator import kernel as kernel_mod
 from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.store import RECORD_SIZE, PoolImage, decode_pool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C_DAEMON = "/usr/sbin/hv_kvp_daemon"

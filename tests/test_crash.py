@@ -34,8 +34,8 @@ import pytest
 from cdaemon import KvpPeer, c_daemon_missing
 
 from pykvpd import protocol as p
-from pykvpd.pools import decode_pool, encode_record
 from pykvpd.simulator.kernel import KernelError
+from pykvpd.store import decode_pool, encode_record
 
 Model = Dict[bytes, bytes]
 Op = Tuple[str, bytes, bytes]  # ("set" | "delete", key, value)

@@ -21,8 +21,8 @@ import pytest
 from cdaemon import HarnessUnavailable, KvpPeer, c_daemon_missing
 
 from pykvpd import protocol as p
-from pykvpd.pools import KEY_SIZE, RECORD_SIZE, encode_record
 from pykvpd.simulator.kernel import HOST_VALUE_UNITS, DaemonGone, HostRequest, to_host
+from pykvpd.store import KEY_SIZE, RECORD_SIZE, encode_record
 
 REASON = c_daemon_missing()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")

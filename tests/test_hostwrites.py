@@ -9,9 +9,9 @@ import pytest
 from pykvpd import protocol as p
 from pykvpd.handler import Handler
 from pykvpd.hostwrites import LOG_NAME, SLOT_SIZE, SLOTS, HostWrite, HostWriteLog, read_log
-from pykvpd.pools import PoolDir
 from pykvpd.simulator.host import HostRequest
 from pykvpd.simulator.kernel import to_daemon
+from pykvpd.store import PoolDir
 
 
 def test_entries_round_trip_and_continue_after_a_restart(tmp_path):

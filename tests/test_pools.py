@@ -14,8 +14,8 @@ from typing import List
 
 import pytest
 
-from pykvpd import pools as P
-from pykvpd.pools import (
+from pykvpd import store as P
+from pykvpd.store import (
     RECORD_SIZE,
     PoolDir,
     PoolError,
@@ -23,6 +23,9 @@ from pykvpd.pools import (
     Record,
     RecordTooLarge,
 )
+from pykvpd.store import journal as J
+from pykvpd.store import poolfile as poolfile_module
+from pykvpd.store.files import read_all
 
 RS = 2560
 
@@ -356,7 +359,7 @@ def test_journal_retired_after_each_write(pf, pool_path):
 
 def crash(pool_path: Path, before: int, after: int, writes, file_bytes: bytes) -> None:
     """Leave what a killed writer leaves: a complete journal and the file in some middle state."""
-    Path(P.journal_path(str(pool_path))).write_bytes(P._encode_journal(before, after, writes))
+    Path(P.journal_path(str(pool_path))).write_bytes(J.encode_journal(before, after, writes))
     write(pool_path, file_bytes)
 
 
@@ -410,11 +413,11 @@ def test_completed_change_replayed_again_is_harmless(pf, pool_path):
 
 def test_torn_journal_is_discarded_and_file_unchanged(pf, pool_path, caplog):
     base = R(b"a", b"1")
-    journal = bytearray(P._encode_journal(RS, 2 * RS, [(RS, R(b"x", b"y"))]))
+    journal = bytearray(J.encode_journal(RS, 2 * RS, [(RS, R(b"x", b"y"))]))
     journal[-1] ^= 0xFF  # CRC mismatch
     Path(P.journal_path(str(pool_path))).write_bytes(bytes(journal))
     write(pool_path, base)
-    with caplog.at_level(logging.WARNING, logger="pykvpd.pools"):
+    with caplog.at_level(logging.WARNING, logger="pykvpd.store"):
         assert pf.get("x") is None
     assert pool_path.read_bytes() == base
     assert os.stat(P.journal_path(str(pool_path))).st_size == 0
@@ -424,7 +427,7 @@ def test_torn_journal_is_discarded_and_file_unchanged(pf, pool_path, caplog):
 @pytest.mark.parametrize("cut", [1, 10, 27, 100, 2000])
 def test_truncated_journal_is_discarded(pf, pool_path, cut):
     base = R(b"a", b"1")
-    journal = P._encode_journal(RS, 2 * RS, [(RS, R(b"x", b"y"))])
+    journal = J.encode_journal(RS, 2 * RS, [(RS, R(b"x", b"y"))])
     Path(P.journal_path(str(pool_path))).write_bytes(journal[:cut])
     write(pool_path, base)
     assert pf.set("b", "2") is True
@@ -433,7 +436,7 @@ def test_truncated_journal_is_discarded(pf, pool_path, cut):
 
 def test_journal_with_wrong_magic_is_discarded(pf, pool_path):
     base = R(b"a", b"1")
-    journal = bytearray(P._encode_journal(RS, 2 * RS, [(RS, R(b"x", b"y"))]))
+    journal = bytearray(J.encode_journal(RS, 2 * RS, [(RS, R(b"x", b"y"))]))
     journal[0:8] = b"NOTMAGIC"
     body = bytes(journal[:-4])
     import zlib
@@ -456,17 +459,17 @@ def test_init_files_completes_interrupted_change(tmp_path: Path):
 
 def test_journal_round_trip():
     writes = [(0, b"abc", b"old"), (RS * 7, b"x" * 3000, b"")]
-    assert P._decode_journal(P._encode_journal(5, 9, writes)) == (5, 9, writes)
+    assert J.decode_journal(J.encode_journal(5, 9, writes)) == (5, 9, writes)
     # a write given without its old bytes was beyond the end of the file
-    assert P._decode_journal(P._encode_journal(5, 9, [(0, b"abc")])) == (5, 9, [(0, b"abc", b"")])
-    assert P._decode_journal(b"") is None
+    assert J.decode_journal(J.encode_journal(5, 9, [(0, b"abc")])) == (5, 9, [(0, b"abc", b"")])
+    assert J.decode_journal(b"") is None
 
 
 def test_stale_journal_not_replayed_over_foreign_rewrite(pf, pool_path):
     """Killed between journal fsync and apply; cloud-init then truncates pool 1 at boot and
     appends two records of its own (under flock, honouring our lock but not our journal)."""
     Path(P.journal_path(str(pool_path))).write_bytes(
-        P._encode_journal(RS, 2 * RS, [(RS, R(b"ours", b"stale"))])
+        J.encode_journal(RS, 2 * RS, [(RS, R(b"ours", b"stale"))])
     )
     foreign = R(b"ci-1", b"telemetry") + R(b"ci-2", b"telemetry")
     write(pool_path, foreign)  # size == the journal's size_after, by coincidence of counts
@@ -479,7 +482,7 @@ def test_stale_journal_not_replayed_over_foreign_rewrite(pf, pool_path):
 def test_crash_mid_modify_is_completed(pf, pool_path):
     """A killed in-place modify: a prefix of the new record, then the rest of the old one."""
     old, new, other = R(b"k", b"o" * 2000), R(b"k", b"n" * 100), R(b"z", b"1")
-    journal = P._encode_journal(2 * RS, 2 * RS, [(0, new, old)])
+    journal = J.encode_journal(2 * RS, 2 * RS, [(0, new, old)])
     Path(P.journal_path(str(pool_path))).write_bytes(journal)
     write(pool_path, new[:1024] + old[1024:] + other)
     assert pf.get("k") == b"n" * 100
@@ -488,10 +491,10 @@ def test_crash_mid_modify_is_completed(pf, pool_path):
 
 def test_journal_discarded_when_foreign_writer_changed_the_record(pf, pool_path, caplog):
     old, new = R(b"k", b"old"), R(b"k", b"ours")
-    Path(P.journal_path(str(pool_path))).write_bytes(P._encode_journal(RS, RS, [(0, new, old)]))
+    Path(P.journal_path(str(pool_path))).write_bytes(J.encode_journal(RS, RS, [(0, new, old)]))
     foreign = R(b"k", b"theirs")
     write(pool_path, foreign)
-    with caplog.at_level(logging.WARNING, logger="pykvpd.pools"):
+    with caplog.at_level(logging.WARNING, logger="pykvpd.store"):
         assert pf.get("k") == b"theirs"
     assert pool_path.read_bytes() == foreign
     assert "another writer changed the file" in caplog.text
@@ -502,8 +505,8 @@ def test_journal_records_old_bytes_of_each_write(pf, pool_path, monkeypatch):
     """What _commit journals: the new bytes and what they overwrite (for the replay check)."""
     write(pool_path, R(b"a", b"1") + R(b"b", b"2") + R(b"c", b"3"))
     seen = []
-    real = P._encode_journal
-    monkeypatch.setattr(P, "_encode_journal", lambda *args: seen.append(args) or real(*args))
+    real = J.encode_journal
+    monkeypatch.setattr(J, "encode_journal", lambda *args: seen.append(args) or real(*args))
     pf.delete("a")
     shifted = (0, R(b"b", b"2") + R(b"c", b"3"), R(b"a", b"1") + R(b"b", b"2"))
     cut = (2 * RS, b"", R(b"c", b"3"))  # what the truncation removes, to recognise it later
@@ -517,7 +520,7 @@ def test_completed_delete_replay_keeps_later_foreign_append(pf, pool_path):
     a, b, c, x = R(b"a", b"1"), R(b"b", b"2"), R(b"c", b"3"), R(b"ci", b"foreign")
     # delete "b" from a+b+c: applied (file a+c), killed before the journal was retired
     Path(P.journal_path(str(pool_path))).write_bytes(
-        P._encode_journal(3 * RS, 2 * RS, [(RS, c, b), (2 * RS, b"", c)])
+        J.encode_journal(3 * RS, 2 * RS, [(RS, c, b), (2 * RS, b"", c)])
     )
     write(pool_path, a + c + x)  # then cloud-init appended one record under flock
     assert pf.get("ci") == b"foreign"
@@ -526,7 +529,7 @@ def test_completed_delete_replay_keeps_later_foreign_append(pf, pool_path):
 
 def test_completed_clear_replay_keeps_later_foreign_append(pf, pool_path):
     x = R(b"ci", b"foreign")
-    journal = P._encode_journal(2 * RS, 0, [(0, b"", R(b"a", b"1") + R(b"b", b"2"))])
+    journal = J.encode_journal(2 * RS, 0, [(0, b"", R(b"a", b"1") + R(b"b", b"2"))])
     Path(P.journal_path(str(pool_path))).write_bytes(journal)
     write(pool_path, x)  # size RS lies strictly between size_after 0 and size_before 2*RS
     assert pf.get("ci") == b"foreign"
@@ -618,8 +621,8 @@ def test_watched_pool_uses_its_cache_until_a_change(tmp_path: Path, monkeypatch)
     pool = pools.pool(1)
     assert pool.get("k") == b"1"
     reads: List[int] = []
-    real = P._read_all
-    monkeypatch.setattr(P, "_read_all", lambda fd, p: reads.append(fd) or real(fd, p))
+    real = read_all
+    monkeypatch.setattr(poolfile_module, "read_all", lambda fd, p: reads.append(fd) or real(fd, p))
     for _ in range(3):
         assert pool.get("k") == b"1"
         assert pool.enumerate(0) == Record(b"k", b"1")
@@ -679,7 +682,7 @@ def test_partial_trailing_record_served_and_padded_on_append(pf, pool_path, capl
     assert pf.enumerate(0) == Record(b"a", b"1") and pf.enumerate(1) is None
     image = pf.image()
     assert image.trailing == tail
-    with caplog.at_level(logging.WARNING, logger="pykvpd.pools"):
+    with caplog.at_level(logging.WARNING, logger="pykvpd.store"):
         assert pf.set("b", "2") is True
     expected = R(b"a", b"1") + tail + bytes(RS - len(tail)) + R(b"b", b"2")
     assert pool_path.read_bytes() == expected
@@ -740,7 +743,7 @@ def test_invalid_utf8_and_unterminated_value_skipped_by_enumerate(pf, pool_path)
 
 def test_damage_logged_once_per_file_state(pf, pool_path, caplog):
     write(pool_path, R(b"a", b"1") + b"tail")
-    with caplog.at_level(logging.WARNING, logger="pykvpd.pools"):
+    with caplog.at_level(logging.WARNING, logger="pykvpd.store"):
         pf.get("a")
         pf.get("a")
         pf.enumerate(0)

@@ -56,8 +56,8 @@ def test_demo_transcript_shows_both_sides():
     # the guest-set key, written with the pool tool, seen by the host (Source 1)
     if pool_tool_available():
         assert "GUEST  $ kvp set DeploymentState ready" in lines
-    else:  # until pykvpd/cli.py is in the tree, the demo writes through pykvpd.pools
-        assert "GUEST  $ pools.PoolDir(...).pool(1).set('DeploymentState', 'ready')" in lines
+    else:  # until pykvpd/cli.py is in the tree, the demo writes through pykvpd.store
+        assert "GUEST  $ store.PoolDir(...).pool(1).set('DeploymentState', 'ready')" in lines
     assert ["DeploymentState", "1", "ready"] in intrinsic
     # the removed key is gone from the guest file afterwards
     removed_at = lines.index("HOST   RemoveKvpItems MaintenanceWindow")

@@ -109,7 +109,7 @@ def test_get_returns_the_value(vm):
 
 
 def test_long_values_reach_the_host_truncated_to_1022_units(vm):
-    from pykvpd.pools import PoolDir
+    from pykvpd.store import PoolDir
 
     # other guest software (the kvp tool refuses this without --unsafe)
     PoolDir(vm.pool_dir).pool(1).set("Long", "x" * 1500)

@@ -13,7 +13,7 @@ from typing import List
 import pytest
 from test_cli_helpers import ROOT, kvp, kvp_argv, rec, write_pool
 
-from pykvpd.pools import PoolDir
+from pykvpd.store import PoolDir
 from pykvpd.watch import Change, PoolWatcher, diff
 
 WAIT = 20.0  # generous upper bound for anything to happen; never asserted as a duration
