@@ -11,10 +11,13 @@ options so the test knows when the watch is armed (its "watching" line).
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -161,3 +164,56 @@ def wait_for_change(vm: SimulatedGuest, key: str, before: str) -> str:
             return now
         time.sleep(0.05)
     raise AssertionError(f"{key} still {before!r} after {WAIT:g} s: the hook did not answer")
+
+
+def test_patching_walkthrough_through_the_simulator(tmp_path):
+    hook_text = doc_block("#!/bin/sh")
+    assert "kvp-watch@PatchNow.service" in hook_text
+    with SimulatedGuest(workdir=str(tmp_path / "vm"), timeout=30.0) as vm:
+        bin_dir, hooks = tmp_path / "bin", tmp_path / "hooks"
+        bin_dir.mkdir()
+        hooks.mkdir()
+        kvp = bin_dir / "kvp"  # the installed /usr/bin/kvp, on this test's pool directory
+        kvp.write_text(
+            f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m pykvpd.cli"
+            f' --dir {shlex.quote(vm.pool_dir)} "$@"\n'
+        )
+        kvp.chmod(0o755)
+        hook = hooks / "PatchNow"
+        hook.write_text(hook_text)
+        hook.chmod(0o755)
+        env = dict(os.environ, PYTHONPATH=ROOT, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+        vm.host.add_kvp_items({"PatchNow": "0"})  # left from an earlier run: must not fire
+        argv = exec_start(str(kvp), str(hooks), "PatchNow", "--no-initial -v")
+        watch = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout], daemon=True).start()
+        try:
+            while "watching" not in lines.get(timeout=WAIT):
+                pass
+            assert guest_value(vm, "PatchStatus") == ""
+
+            vm.host.modify_kvp_items({"PatchNow": "1"})  # the host asks for a patch run
+            first = wait_for_change(vm, "PatchStatus", "")
+            assert first.startswith("done: PatchNow=1 at ")
+            vm.host.modify_kvp_items({"PatchNow": "1"})  # and again, with the same value
+            second = wait_for_change(vm, "PatchStatus", first)
+            assert second.startswith("done: PatchNow=1 at ")
+            vm.host.remove_kvp_items(["PatchNow"])  # withdrawn: the hook exits at once
+            vm.host.add_kvp_items({"PatchNow": "2"})
+            third = wait_for_change(vm, "PatchStatus", second)
+            assert third.startswith("done: PatchNow=2 at ")
+        finally:
+            watch.terminate()
+            watch.wait(30)
+        output = []
+        while not lines.empty():
+            output.append(lines.get())
+        text = "".join(output)
+        assert "patch requested: PatchNow=1 (before: 0)" in text
+        assert "patch requested: PatchNow=1 (before: 1)" in text
+        assert "patch requested: PatchNow=2 (before: unset)" in text
+        assert text.count("patch requested") == 3  # not for the state at start, not for delete
