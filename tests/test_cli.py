@@ -151,7 +151,7 @@ def test_rejects_nul_and_invalid_utf8(pools):
         ["get", "K", "--json", "--raw"],
         ["--dir", "/x", "--root", "/y", "list"],
         ["watch", "--op", "explode"],
-        ["watch", "--timeout", "3"],
+        ["watch", "--hook-timeout", "3"],  # only with --exec (--timeout is the total time)
         ["set", "K", "V", "--chunk-size", "10"],
     ],
 )
@@ -499,3 +499,18 @@ def test_fixture_dir_is_untouched_by_reads(tmp_path):
     assert kvp("--dir", str(pools), "list")[0] == 0
     assert (pools / ".kvp_pool_3").read_bytes() == before
     assert sorted(os.listdir(pools)) == [".kvp_pool_3"]  # no journal, no new pools
+
+
+def test_a_command_imports_only_its_own_module(pools):
+    """Start-up cost: `kvp get` must not import the other commands or the watch machinery."""
+    probe = (
+        "import sys\n"
+        "from pykvpd.cli import main\n"
+        f"code = main(['--dir', {pools!r}, '-q', 'get', 'Nope'])\n"
+        "loaded = [m for m in sys.modules if m.startswith('pykvpd.cli.commands.')]\n"
+        "print(code, sorted(loaded), 'pykvpd.watch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.split("\n")[0] == "1 ['pykvpd.cli.commands.get'] False"

@@ -161,7 +161,7 @@ def test_kvp_watch_exec_fires_once_per_change_in_order(pooldir, tmp_path):
     )
     write_pool(pooldir, 0, rec(b"PatchNow", b"v0"))
     proc = _start(
-        ["--dir", pooldir, "watch", "PatchNow", "--pool", "external", "--timeout", "10"]
+        ["--dir", pooldir, "watch", "PatchNow", "--pool", "external", "--hook-timeout", "10"]
         + ["--exec", sys.executable, "-c", hook],
         stderr=subprocess.PIPE,
     )

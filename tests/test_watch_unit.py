@@ -215,5 +215,6 @@ def test_patching_walkthrough_through_the_simulator(tmp_path):
         text = "".join(output)
         assert "patch requested: PatchNow=1 (before: 0)" in text
         assert "patch requested: PatchNow=1 (before: 1)" in text
-        assert "patch requested: PatchNow=2 (before: unset)" in text
+        # Removed and re-added quickly: a delete then an add, or one coalesced modify.
+        assert re.search(r"patch requested: PatchNow=2 \(before: (unset|1)\)", text)
         assert text.count("patch requested") == 3  # not for the state at start, not for delete

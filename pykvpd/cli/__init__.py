@@ -1,0 +1,101 @@
+"""``kvp``: read, write, watch and check the KVP pool files from the shell.
+
+A thin layer of argument parsing (``parser``), output formatting (``output``) and exit codes
+(``errors``) over ``pools`` (format, locking, crash safety), ``events`` (split events, chunks,
+fsck, batch writes) and ``watch`` (inotify events and hooks); one module per command in
+``commands/``, imported only when that command runs. Exit codes: 0 ok, 1 not found / timeout /
+not stale / problems left, 2 usage or validation, 3 I/O or lock. See docs/kvp.md for the
+synopsis and the ``--json`` schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Iterator, Optional, Sequence
+
+from ..store import LockTimeout, PoolError, RecordTooLarge
+from .commands import COMMANDS
+from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CliError
+from .output import Output
+from .parser import parse_args
+
+__all__ = ["COMMANDS", "main"]
+
+log = logging.getLogger("kvp")
+
+
+def _setup_logging(args: Optional[argparse.Namespace]) -> None:
+    level = logging.WARNING
+    if args is not None:
+        level = logging.ERROR if args.quiet else (logging.INFO if args.verbose else level)
+        if args.verbose and args.verbose > 1:
+            level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kvp: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    if args is not None and args.command in ("dump", "fsck"):
+        logging.getLogger("pykvpd.store").setLevel(logging.ERROR)  # we report damage ourselves
+
+
+def _permission_hint(message: str) -> str:
+    if "Permission denied" in message and os.geteuid() != 0:
+        return message + " (pools are root's: try sudo)"
+    return message
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``kvp``; returns the exit status (never raises except KeyboardInterrupt handling)."""
+    _setup_logging(None)
+    try:
+        args, command = parse_args(argv)
+        _setup_logging(args)
+        with _sigterm_exits():
+            return command.run(args, Output())
+    except CliError as exc:
+        log.error("%s", exc)
+        return exc.code
+    except SystemExit as exc:  # --help, --version from argparse; SIGTERM
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except RecordTooLarge as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except LockTimeout as exc:
+        log.error("%s", exc)
+        return EXIT_IO
+    except PoolError as exc:
+        log.error("%s", _permission_hint(str(exc)))
+        return EXIT_IO
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        log.error("%s", _permission_hint(f"{exc.filename or ''}: {exc.strerror or exc}".strip()))
+        return EXIT_IO
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM unwinds like an exception, so watch kills its running hook before exiting."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (main() called from a test thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,48 @@
+"""``kvp clear``: remove every record of a pool, or only if it is stale (``--if-stale``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+from ... import store
+from ...store import POOL_LABELS
+from ..access import one_pool, pool_path, writable_pool
+from ..errors import EXIT_IO, EXIT_OK, CliError
+from ..output import SCHEMA_VERSION, Output
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--if-stale", action="store_true", help="only if not modified since boot")
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    number = one_pool(args)
+    path = pool_path(args, number)
+    result = {"cleared": False, "records": 0, "stale": None}
+    if os.path.exists(path):
+        pool = writable_pool(args, number)
+        boot = store.boot_time() if args.if_stale else None
+        if args.if_stale and boot is None:
+            raise CliError("cannot tell the boot time; not clearing", EXIT_IO)
+        with contextlib.closing(pool):
+            result = store.clear(pool, if_stale_since=boot)._asdict()
+    if args.json:
+        out.json(
+            {
+                "version": SCHEMA_VERSION,
+                "pool": number,
+                "pool_name": POOL_LABELS[number],
+                "path": path,
+                **result,
+            }
+        )
+    elif not args.quiet:
+        if result["cleared"]:
+            out.line(f"{path}: cleared ({result['records']} records removed)")
+        elif os.path.exists(path):
+            out.line(f"{path}: modified since boot; left alone")
+        else:
+            out.line(f"{path}: missing; nothing to clear")
+    return EXIT_OK

@@ -1,0 +1,53 @@
+"""``kvp delete``: remove a record, or a key with all its chunks KEY.0..N (--chunk)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+
+from ... import store
+from ...store import POOL_LABELS
+from ..access import one_pool, pool_path, require_dir, writable_pool
+from ..errors import EXIT_NOT_FOUND, EXIT_OK
+from ..output import SCHEMA_VERSION, Output, escape, text
+from ..validate import check_key
+
+log = logging.getLogger("kvp")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key")
+    p.add_argument("--chunk", action="store_true", help="also delete KEY.0..N")
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    number = one_pool(args)
+    key = check_key(args, args.key)
+    if not os.path.exists(pool_path(args, number)):
+        require_dir(args)
+        found = 0
+    else:
+        pool = writable_pool(args, number)
+        with contextlib.closing(pool):
+            if args.chunk:
+                found = store.delete_chunked(pool, text(key))
+            else:
+                found = 1 if pool.delete(key) else 0
+    if args.json:
+        out.json(
+            {
+                "version": SCHEMA_VERSION,
+                "pool": number,
+                "pool_name": POOL_LABELS[number],
+                "key": text(key),
+                "deleted": found,
+            }
+        )
+    if not found:
+        if not args.quiet:
+            log.error("%s: not found in %s", escape(key), POOL_LABELS[number])
+        return EXIT_NOT_FOUND
+    return EXIT_OK
+

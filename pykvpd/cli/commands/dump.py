@@ -1,0 +1,76 @@
+"""``kvp dump``: decode any pool file, damaged or not, record by record, and say what is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Dict, List, Optional
+
+from ... import store
+from ...store import RECORD_SIZE, PoolFile, decode_pool
+from ..errors import EXIT_IO, EXIT_OK, CliError
+from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a pool file, or - for stdin")
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    if args.file == "-":
+        data, name = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        name = args.file
+        if not os.path.isfile(name):
+            raise CliError(f"{name}: no such file", EXIT_IO)
+        pool = PoolFile(name, writable=False, lock_timeout=args.lock_timeout)
+        with contextlib.closing(pool):
+            data = pool.raw()
+    image = decode_pool(data)
+    findings = store.fsck_findings(data)
+    by_index: Dict[Optional[int], List[store.Finding]] = {}
+    for f in findings:
+        by_index.setdefault(f.index, []).append(f)
+    if args.json:
+        out.json(
+            {
+                "version": SCHEMA_VERSION,
+                "path": name,
+                "size": len(data),
+                "records": [
+                    {
+                        "index": i,
+                        "offset": i * RECORD_SIZE,
+                        "key": text(rec.key),
+                        "value": text(rec.value),
+                        "valid": rec.valid,
+                        "findings": [finding_json(f) for f in by_index.get(i, [])],
+                    }
+                    for i, rec in enumerate(image.records)
+                ],
+                "trailing": (
+                    {"offset": len(image.records) * RECORD_SIZE, "length": len(image.trailing)}
+                    if image.trailing
+                    else None
+                ),
+                "findings": [finding_json(f) for f in findings],
+            }
+        )
+        return EXIT_OK
+    out.line(
+        f"{name}: {len(data)} bytes, {len(image.records)} records"
+        + (f", {len(image.trailing)} trailing bytes" if image.trailing else "")
+        + f", {len(findings)} problem{'s' if len(findings) != 1 else ''}"
+    )
+    rows = []
+    for i, rec in enumerate(image.records):
+        rows.append((str(i), str(i * RECORD_SIZE), escape(rec.key), escape(rec.value)))
+        for f in by_index.get(i, []):
+            rows.append(("", "", f"! {f.kind}", f.message))
+    if rows:
+        table(out, rows, ("#", "OFFSET", "KEY", "VALUE"))
+    for f in by_index.get(None, []):
+        out.line(f"! {f.kind}: {f.message}")
+    return EXIT_OK

@@ -1,0 +1,80 @@
+"""``kvp set``: add or modify a record, or store a long value as chunks KEY.0..N (--chunk)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from typing import Any, Dict
+
+from ... import store
+from ...store import POOL_LABELS
+from ..access import one_pool, writable_pool
+from ..errors import EXIT_OK, usage
+from ..output import SCHEMA_VERSION, Output, escape, text
+from ..validate import arg_bytes, check_key, checked, limits
+
+log = logging.getLogger("kvp")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key")
+    p.add_argument("value", help="the value, or - to read it from stdin")
+    p.add_argument("--chunk", action="store_true", help="split a long value over KEY.0..N")
+    p.add_argument("--chunk-size", type=int, metavar="BYTES", help="bytes per chunk")
+
+
+def read_value(args: argparse.Namespace) -> bytes:
+    """The value argument's bytes, or stdin's for ``-`` (one trailing newline dropped)."""
+    if args.value != "-":
+        return arg_bytes(args.value)
+    data = sys.stdin.buffer.read()
+    if not args.raw and data.endswith(b"\n"):
+        data = data[:-1]  # `echo value | kvp set K -` stores "value"; --raw keeps it
+    return data
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    number = one_pool(args)
+    key_limit, value_limit = limits(args)
+    key = check_key(args, args.key)
+    value = read_value(args)
+    if args.chunk_size is not None and not args.chunk:
+        raise usage("--chunk-size needs --chunk")
+    if args.chunk:
+        size = args.chunk_size or value_limit
+        if not 4 <= size <= value_limit:
+            raise usage(f"--chunk-size is {size}; it must be between 4 and {value_limit}")
+        checked(value, "value", len(value), args.unsafe)  # NUL and UTF-8 only
+        count = len(store.split_value(value, size))
+        checked(
+            store.chunk_key(text(key), count - 1).encode(),
+            f"key of chunk {count - 1}",
+            key_limit,
+            args.unsafe,
+        )
+        pool = writable_pool(args, number)
+        with contextlib.closing(pool):
+            store.write_chunks(pool, text(key), value, size)
+        op = "chunked"
+    else:
+        checked(value, "value", value_limit, args.unsafe)
+        count = 0
+        pool = writable_pool(args, number)
+        with contextlib.closing(pool):
+            op = "add" if pool.set(key, value) else "modify"
+    log.info("%s %s in %s (%s)", op, escape(key), POOL_LABELS[number], pool.path)
+    if args.json:
+        result: Dict[str, Any] = {
+            "version": SCHEMA_VERSION,
+            "pool": number,
+            "pool_name": POOL_LABELS[number],
+            "key": text(key),
+            "op": op,
+        }
+        if args.chunk:
+            result["chunks"] = count
+        out.json(result)
+    return EXIT_OK
+

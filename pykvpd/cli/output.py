@@ -1,0 +1,82 @@
+"""``kvp`` output: escaping for text lines, tables, values, and the ``--json`` shapes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Tuple
+
+SCHEMA_VERSION = 1
+
+
+def escape(data: bytes) -> str:
+    """One printable line: control characters, backslashes and invalid UTF-8 escaped."""
+    out = []
+    for ch in data.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def text(data: bytes) -> str:
+    """Stored bytes as JSON-safe text (invalid UTF-8 replaced)."""
+    return data.decode("utf-8", "replace")
+
+
+class Output:
+    """stdout as bytes; every write is flushed, so watch output reaches pipes at once."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stdout.buffer
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+        self.stream.flush()
+
+    def line(self, line: str) -> None:
+        self.write(line.encode("utf-8", "surrogateescape") + b"\n")
+
+    def json(self, obj: object) -> None:
+        self.line(json.dumps(obj, ensure_ascii=False, sort_keys=False))
+
+
+def table(out: Output, rows: List[Tuple[str, ...]], header: Tuple[str, ...]) -> None:
+    """Aligned columns (each at most 48 wide) with the last one left as it is."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    widths = [min(w, 48) for w in widths]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
+        out.line("  ".join(cells).rstrip())
+
+
+def emit_value(args: argparse.Namespace, out: Output, value: bytes) -> None:
+    """A value as ``get``/``wait`` print it: a line, NUL-terminated, or exactly as stored."""
+    if args.raw:
+        out.write(value)
+    elif args.null:
+        out.write(value + b"\0")
+    else:
+        out.write(value + b"\n")
+
+
+def finding_json(f: Any) -> Dict[str, Any]:
+    """An fsck finding (``events.Finding``) as ``dump``/``fsck`` print it with ``--json``."""
+    return {
+        "kind": f.kind,
+        "index": f.index,
+        "offset": f.offset,
+        "message": f.message,
+        "repairable": f.repairable,
+    }

@@ -1,0 +1,126 @@
+"""``kvp`` argument parsing: the common options, then the command's own, in two stages.
+
+The first stage reads the options given before the command and the command's name; only then
+is the command's module imported to add its own options (pip's ``commands/`` model), so
+``kvp get`` never imports what ``kvp watch`` needs. Common options are accepted before and
+after the command (``kvp --pool 0 get K`` or ``kvp get K -p 0``); those after it win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import ModuleType
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..store import DEFAULT_POOL_DIR, pool_number
+from . import commands
+from .errors import usage
+
+_COMMON_DEFAULTS: Dict[str, Any] = {
+    "dir": None,
+    "root": None,
+    "pool": [],
+    "json": False,
+    "null": False,
+    "raw": False,
+    "unsafe": False,
+    "lock_timeout": 20.0,
+    "verbose": 0,
+    "quiet": False,
+}
+
+DESCRIPTION = "Read, write, watch and check Hyper-V KVP pools (/var/lib/hyperv)."
+EPILOG = "Exit status: 0 ok, 1 not found/timeout, 2 usage or validation, 3 I/O or lock."
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become ``CliError`` (exit 2) instead of argparse's own exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise usage(f"{message} (see 'kvp --help')")
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before and after the command; absent ones stay unset (SUPPRESS)."""
+    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--dir", metavar="DIR", help=f"pool directory (default {DEFAULT_POOL_DIR})")
+    where.add_argument("--root", metavar="ROOT", help="offline image: use ROOT/var/lib/hyperv")
+    p.add_argument(
+        "-p",
+        "--pool",
+        action="append",
+        metavar="POOL",
+        help="0..4 or external|guest|auto|auto-external|auto-internal; repeat or comma-separate",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON output (schema in docs/kvp.md)")
+    out.add_argument("--null", action="store_true", help="NUL-terminated fields")
+    out.add_argument("--raw", action="store_true", help="values exactly as stored, unescaped")
+    p.add_argument("--unsafe", action="store_true", help="allow keys to 511, values to 2047 bytes")
+    p.add_argument("--lock-timeout", type=float, metavar="S", help="give up on a lock after S s")
+    p.add_argument("-v", "--verbose", action="count", help="log more (to stderr)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    return p
+
+
+def _top_parser(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Stage one: common options, the command's name, and everything after it left unparsed."""
+    listing = "\n".join(
+        f"  {name:<10} {summary}" for name, (_module, summary) in commands.COMMANDS.items()
+    )
+    parser = _Parser(
+        prog="kvp",
+        parents=[common],
+        description=DESCRIPTION,
+        epilog=f"commands:\n{listing}\n\n{EPILOG}\n'kvp COMMAND --help' shows a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", metavar="COMMAND", choices=list(commands.COMMANDS))
+    rest = parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    rest.required = False  # `kvp` alone names only COMMAND as missing
+    return parser
+
+
+def _after_command(argv: Sequence[str], rest: List[str]) -> List[str]:
+    """The arguments after the command as given: argparse may drop a ``--`` right after it."""
+    start = len(argv) - len(rest)
+    if start > 0 and argv[start - 1] == "--":
+        return list(argv[start - 1 :])
+    return list(rest)
+
+
+def command_parser(
+    name: str, module: ModuleType, common: Optional[argparse.ArgumentParser] = None
+) -> argparse.ArgumentParser:
+    """Stage two: the parser of one command, its own options added by its module."""
+    summary = commands.COMMANDS[name][1]
+    parser = _Parser(prog=f"kvp {name}", parents=[common or _common()], description=summary)
+    module.add_arguments(parser)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, ModuleType]:
+    """The parsed options (common defaults filled in, ``pools`` resolved) and the command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    common = _common()
+    top = _top_parser(common).parse_args(argv)
+    module = commands.load(top.command)
+    own = command_parser(top.command, module, common).parse_args(_after_command(argv, top.rest))
+    args = argparse.Namespace(**{k: v for k, v in vars(top).items() if k != "rest"})
+    for name, value in vars(own).items():
+        setattr(args, name, value)
+    for name, default in _COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, list(default) if isinstance(default, list) else default)
+    if sum(bool(x) for x in (args.json, args.null, args.raw)) > 1:
+        raise usage("use only one of --json, --null and --raw")
+    try:
+        pools: List[int] = []
+        for item in args.pool:
+            pools.extend(pool_number(part.strip()) for part in item.split(",") if part.strip())
+    except ValueError as exc:
+        raise usage(str(exc)) from None
+    args.pools = list(dict.fromkeys(pools))
+    return args, module
