@@ -156,8 +156,11 @@ class HookRunner:
         """SIGTERM the run's process group, SIGKILL what is left after ``grace``, reap.
 
         The leader is not reaped until the SIGKILL went out: while it is a zombie its number
-        cannot be reused, so the group signalled is always this run's.
+        cannot be reused, so the group signalled is always this run's. A leader already reaped
+        (the stop came just after it exited) is not signalled: its number may be anyone's now.
         """
+        if proc.returncode is not None:
+            return
         mask = _block_stop_signals()  # a second SIGTERM must not cut the stop short
         try:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -91,18 +91,37 @@ def read_log(directory: str) -> List[HostWrite]:
 
 class HostWriteLog:
     """The daemon's writer: ``record`` after a host SET that left the value as it was; never
-    raises (a log that cannot be written only costs watchers the re-write events)."""
+    raises (a log that cannot be written only costs watchers the re-write events).
+
+    The file is created at the first such write, so a pool directory has none until then.
+    """
 
     def __init__(self, directory: str, mode: int = 0o644) -> None:
         self.path = os.path.join(directory, LOG_NAME)
+        self._mode = mode
         self._fd: Optional[int] = None
         self._seq = 0
+        self._disabled = False
         try:
-            self._fd = _open_regular(self.path, os.O_RDWR | os.O_CREAT, mode)
-            existing = decode(os.pread(self._fd, FILE_SIZE, 0))
-            self._seq = existing[-1].seq if existing else 0  # continue after a restart
+            self._open(create=False)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             self._disable(exc)
+
+    def _open(self, create: bool) -> None:
+        """Open the log (continuing its numbering after a restart), creating it if asked."""
+        if create:
+            try:
+                fd = _open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self._mode)
+                os.fchmod(fd, self._mode)  # as the pool files: independent of the umask
+                self._fd = fd
+                return
+            except FileExistsError:
+                pass
+        self._fd = _open_regular(self.path, os.O_RDWR)
+        existing = decode(os.pread(self._fd, FILE_SIZE, 0))
+        self._seq = existing[-1].seq if existing else 0
 
     def _disable(self, exc: OSError) -> None:
         log.warning(
@@ -110,6 +129,7 @@ class HostWriteLog:
             self.path,
             exc.strerror or exc,
         )
+        self._disabled = True
         if self._fd is not None:
             os.close(self._fd)
         self._fd = None
@@ -117,7 +137,14 @@ class HostWriteLog:
     def record(self, pool: int, key: bytes) -> None:
         """Log one host SET (after the pool was written)."""
         if self._fd is None:
-            return
+            if self._disabled:
+                return
+            try:
+                self._open(create=True)
+            except OSError as exc:
+                self._disable(exc)
+                return
+        assert self._fd is not None
         seq = self._seq + 1
         slot = _HEAD.pack(seq, pool, len(key)) + key.ljust(MAX_KEY_SIZE, b"\0") + _TAIL.pack(seq)
         try:

@@ -91,3 +91,16 @@ def test_a_daemon_handler_logs_only_sets_that_leave_the_value(tmp_path, pool):
     ]
     log.close()
     pools.close()
+
+
+def test_the_log_is_created_at_the_first_write_with_the_pool_mode(tmp_path):
+    old = os.umask(0o077)
+    try:
+        log = HostWriteLog(str(tmp_path), mode=0o640)
+        assert not (tmp_path / LOG_NAME).exists()  # nothing until a same-value write
+        log.record(0, b"A")
+        log.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / LOG_NAME).stat().st_mode & 0o777 == 0o640
+    assert read_log(str(tmp_path)) == [HostWrite(1, 0, b"A")]

@@ -194,3 +194,17 @@ def test_hook_timeout_limits_each_run_and_exit_on_failure(pooldir, tmp_path):
 def test_watch_option_errors(pooldir, argv, message):
     code, out, err = kvp("--dir", pooldir, "watch", *argv)
     assert code == 2 and message in err and out == b""
+
+
+def test_bash_completion_offers_every_watch_option():
+    import argparse
+    import re
+
+    from pykvpd.cli.commands import watch
+
+    parser = argparse.ArgumentParser(add_help=False)
+    watch.add_arguments(parser)
+    options = {s for a in parser._actions for s in a.option_strings}
+    script = Path(ROOT, "completion", "kvp.bash").read_text()
+    (line,) = re.findall(r'^\s*watch\) opts\+=" ([^"]*)" ;;$', script, re.M)
+    assert set(line.split()) == options

@@ -47,9 +47,9 @@ with open(sys.argv[1], "a", encoding="utf-8") as log:
 class JsonWatch:
     """``kvp -p 0 watch --json``, its stdout lines collected by a thread."""
 
-    def __init__(self, pool_dir: str) -> None:
+    def __init__(self, pool_dir: str, *options: str) -> None:
         self.proc = subprocess.Popen(
-            kvp_cmd(pool_dir, "--json", "watch"),
+            kvp_cmd(pool_dir, "--json", "watch", *options),
             stdout=subprocess.PIPE,
             env=child_env(),
             cwd=ROOT,
@@ -238,3 +238,20 @@ def test_bursts_of_host_changes_are_neither_lost_nor_repeated(vm, watchers):
     host.add_kvp_items({"End": "sentinel"})
     both(js, ex, ("add", "End", "sentinel", None))
     assert vm.records(0) == [("Ready", "1"), ("End", "sentinel")]
+
+
+def test_changes_only_skips_same_value_host_writes(vm):
+    vm.host.add_kvp_items({"PatchNow": "1"})
+    every, changes = JsonWatch(vm.pool_dir), JsonWatch(vm.pool_dir, "--changes-only")
+    try:
+        for watch in (every, changes):
+            assert watch.take(1) == [as_json("initial", "PatchNow", "1")]
+        vm.host.modify_kvp_items({"PatchNow": "1"})
+        assert every.take(1) == [as_json("modify", "PatchNow", "1", "1")]
+        vm.host.modify_kvp_items({"PatchNow": "2"})
+        # The same-value write would come out before this change; --changes-only has only it.
+        assert changes.take(1) == [as_json("modify", "PatchNow", "2", "1")]
+        assert every.take(1) == [as_json("modify", "PatchNow", "2", "1")]
+    finally:
+        every.stop()
+        changes.stop()
