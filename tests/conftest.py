@@ -22,6 +22,7 @@ def pytest_configure(config) -> None:  # noqa: ANN001
 # systemd containers, which the 3.9 run's chroot would have to nest.
 MAIN_RUN_ONLY_MODULES = (
     ("test_systemd_real.py", "runs in the main (bookworm) run; boots its own container"),
+    ("test_systemd_package.py", "runs in the main (bookworm) run; boots its own container"),
     ("test_netstack_real*.py", "runs in the main (bookworm) run; boots its own container"),
 )
 
