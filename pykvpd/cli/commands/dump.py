@@ -9,7 +9,7 @@ import sys
 from typing import Dict, List, Optional
 
 from ... import store
-from ...store import RECORD_SIZE, PoolFile, decode_pool
+from ...store import RECORD_SIZE, PoolFile
 from ..errors import EXIT_IO, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
 
@@ -28,8 +28,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         pool = PoolFile(name, writable=False, lock_timeout=args.lock_timeout)
         with contextlib.closing(pool):
             data = pool.raw()
-    image = decode_pool(data)
-    findings = store.fsck_findings(data)
+    inspection = store.inspect(data)
+    image, findings = inspection.image, inspection.findings
     by_index: Dict[Optional[int], List[store.Finding]] = {}
     for f in findings:
         by_index.setdefault(f.index, []).append(f)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             {
                 "version": SCHEMA_VERSION,
                 "path": name,
-                "size": len(data),
+                "size": inspection.size,
                 "records": [
                     {
                         "index": i,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_OK
     out.line(
-        f"{name}: {len(data)} bytes, {len(image.records)} records"
+        f"{name}: {inspection.size} bytes, {len(image.records)} records"
         + (f", {len(image.trailing)} trailing bytes" if image.trailing else "")
         + f", {len(findings)} problem{'s' if len(findings) != 1 else ''}"
     )
