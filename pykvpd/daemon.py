@@ -21,6 +21,7 @@ from typing import List, Optional
 
 from . import __version__, transport
 from .handler import Handler, Outcome
+from .hostwrites import HostWriteLog
 from .protocol import HV_E_FAIL, OP_NAMES, encode_status
 from .store import PoolDir, PoolError
 
@@ -113,7 +114,10 @@ class Daemon:
         self.pools = PoolDir(pool_dir, create=True, mode=config.pool_file_mode, watch=True)
         self.pools.init_files()
         self.intrinsic = Intrinsic(exclude_ifaces=tuple(config.exclude_interfaces))
-        self.handler = Handler(self.pools, self.intrinsic, self._netconfig(pool_dir))
+        self.host_writes = HostWriteLog(pool_dir, config.pool_file_mode)
+        self.handler = Handler(
+            self.pools, self.intrinsic, self._netconfig(pool_dir), self.host_writes
+        )
         self.channel: Optional[transport.Channel] = None
         self.stopping = False
         self.reload_requested = False
@@ -378,6 +382,7 @@ class Daemon:
 
     def close(self) -> None:
         self._close_channel()
+        self.host_writes.close()
         self.pools.close()
 
 

@@ -111,6 +111,7 @@ inside() {
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
         PIP_CONFIG_FILE=/dev/null PIP_CERT=/etc/ssl/pip-ca.pem PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}" \
         PYKVPD_DEB_CACHE="$client_debs" PYKVPD_TEST_RUN=py39 \
         /bin/bash -euo pipefail -c '
             # /opt, not /root: the kvp-as-nobody test needs an interpreter nobody may run.

@@ -176,6 +176,11 @@ done
 mount --make-rprivate /
 w=$PYKVPD_WORK
 mount -t overlay overlay -o "lowerdir=$PYKVPD_LOWER,upperdir=$w/upper,workdir=$w/work" "$w/root"
+if [ -n "$PYKVPD_NETNS" ]; then
+    # A sysfs shows the network devices of the namespace its mounter is in.
+    mkdir "$w/sysfs"
+    nsenter --net="$PYKVPD_NETNS" mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$w/sysfs"
+fi
 exec "$@"
 """
 
@@ -186,8 +191,10 @@ class Container:
     ``capabilities``: extra ones for the container (e.g. ``("CAP_NET_ADMIN",)``); ``binds``:
     ``"HOST[:CONTAINER]"`` (read-write) as for ``--bind=``; ``netns``: a network namespace path
     (``/run/netns/NAME``, ``/proc/PID/ns/net``) the container joins, so it sees only that
-    namespace's interfaces (e.g. one end of the test's veth pair); without it the container
-    shares the host's network. Boots in ``__enter__`` and powers off and cleans up in
+    namespace's interfaces (e.g. one end of the test's veth pair), in netlink and in
+    ``/sys/class/net`` alike (virtual devices; a physical NIC moved into the namespace keeps
+    the machine's view of its device directory); without it the container shares the host's
+    network. Boots in ``__enter__`` and powers off and cleans up in
     ``__exit__`` (also after a failed boot).
     """
 
@@ -222,7 +229,12 @@ class Container:
         ]
         argv += [f"--bind={bind}" for bind in self.binds]
         if self.netns is not None:
+            # nspawn mounts /sys before it joins the namespace: its class/net and
+            # devices/virtual/net list the machine's NICs. The launcher's sysfs, mounted in the
+            # namespace, replaces both, so the container (from boot on) sees only its own.
             argv.append(f"--network-namespace-path={self.netns}")
+            argv += [f"--bind-ro={self.workdir}/sysfs/{sub}:/sys/{sub}"
+                     for sub in ("class/net", "devices/virtual/net")]
         return argv
 
     def __enter__(self) -> Container:
@@ -239,6 +251,7 @@ class Container:
             PYKVPD_CGROUP=self.name,
             PYKVPD_LOWER=self.lower,
             PYKVPD_WORK=self.workdir,
+            PYKVPD_NETNS=self.netns or "",
         )
         self._console = open(os.path.join(self.workdir, "console.log"), "wb")
         self._proc = subprocess.Popen(

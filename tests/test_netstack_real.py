@@ -12,8 +12,9 @@ guest one (``eth0``, MAC 00:15:5d:…, as on Hyper-V); the peer runs dnsmasq as 
 DHCP lease is really obtained. Only documentation ranges are used; nothing leaves the machine.
 
 The VMBus device: a Hyper-V NIC's sysfs directory has ``device/device_id`` (the VMBus instance
-GUID), a veth has no ``device``. Inside the container a read-only overlay over the veth's sysfs
-directory adds only ``device/device_id``; everything else is the kernel's own sysfs, so the
+GUID), a veth has no ``device``. Inside the container (whose /sys shows its own namespace's NICs,
+see nspawn.Container) a read-only overlay over the veth's sysfs directory adds only
+``device/device_id``; everything else is the kernel's own sysfs, so the
 stacks keep managing the link and the daemon finds the GUID where it looks on Hyper-V.
 
 The host: the simulator's FakeKernel listens on a socket bound into the container at
@@ -194,22 +195,18 @@ def setup_stack(guest: Guest, stack: str) -> None:
     guest.wait(guest.leased, "no DHCP lease from dnsmasq")
 
 
-def netns_sysfs(ct: nspawn.Container) -> None:
-    """Show the container its own network namespace's NICs in /sys/class/net.
+def vmbus_device_id(ct: nspawn.Container) -> None:
+    """Give eth0 the VMBus instance GUID a Hyper-V NIC has in sysfs (device/device_id).
 
-    systemd-nspawn joins the given network namespace but its /sys is a sysfs mounted in the
-    host's namespace (the machine's own NICs). A sysfs mounted from inside the container belongs
-    to the container's namespace; its class/net and devices/virtual/net are bound over /sys's.
-    Before that bind, eth0's directory gets a read-only overlay adding only device/device_id.
+    The container's /sys/devices/virtual/net is a sysfs of its own network namespace
+    (nspawn.Container's netns option); a read-only overlay over eth0's directory adds only
+    device/device_id, everything else stays the kernel's.
     """
     script = f"""set -e
-mkdir -p /run/netns-sysfs /run/hv-sysfs/eth0/device
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/netns-sysfs
+mkdir -p /run/hv-sysfs/eth0/device
 echo '{GUID}' > /run/hv-sysfs/eth0/device/device_id
-nic=/run/netns-sysfs/devices/virtual/net/eth0
+nic=/sys/devices/virtual/net/eth0
 mount -t overlay overlay -o ro,lowerdir=/run/hv-sysfs/eth0:$nic $nic
-mount --bind /run/netns-sysfs/class/net /sys/class/net
-mount --rbind /run/netns-sysfs/devices/virtual/net /sys/devices/virtual/net
 """
     ct.run(["sh", "-c", script])
     assert ct.run(["cat", "/sys/class/net/eth0/device/device_id"]).stdout.strip() == GUID
@@ -246,7 +243,7 @@ def boot(stack: str, root: str, deb: str) -> Iterator[Guest]:
                                  binds=[f"{work}/vmbus:/dev/vmbus"],
                                  netns=link.guest_ns) as ct:
             guest = Guest(ct, kernel)
-            netns_sysfs(ct)
+            vmbus_device_id(ct)
             setup_stack(guest, stack)
             ct.install_deb(deb)
             guest.write("/etc/systemd/system/pykvpd.service.d/test-not-hyperv.conf",
