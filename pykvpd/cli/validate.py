@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Tuple
 
@@ -13,6 +14,42 @@ SAFE_KEY_BYTES = 254  # what the host can read back after the kernel's UTF-16 co
 SAFE_VALUE_BYTES = 1022
 UNSAFE_KEY_BYTES = KEY_SIZE - 1
 UNSAFE_VALUE_BYTES = VALUE_SIZE - 1
+MAX_SECONDS = 366 * 86400  # a timeout beyond a year is a typo, and overflows time arithmetic
+MAX_COUNT = 10**9
+
+
+def seconds(text: str) -> float:
+    """argparse type of every duration option: a finite, non-negative number up to a year."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if math.isnan(value) or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more seconds")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} s is more than a year (at most {MAX_SECONDS})")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type of a count option: a whole number from 1 to a billion."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (1 to {MAX_COUNT})")
+    return value
+
+
+def byte_size(text: str) -> int:
+    """argparse type of a size in bytes: a whole number (the command checks its range)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
 
 
 def checked(raw: bytes, what: str, limit: int, unsafe: bool) -> bytes:

@@ -10,7 +10,7 @@ from ...pools import POOL_LABELS
 from ..access import GET_ORDER, first_values, read_image, require_dir
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import SCHEMA_VERSION, Output, emit_value, escape, text
-from ..validate import arg_bytes
+from ..validate import check_key
 
 log = logging.getLogger("kvp")
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     require_dir(args)
-    key = arg_bytes(args.key)
+    key = check_key(args, args.key)
     for n in args.pools or list(GET_ORDER):
         image = read_image(args, n)
         values = first_values(image)

@@ -13,7 +13,7 @@ from ...pools import POOL_LABELS, encode_record
 from ..access import one_pool, writable_pool
 from ..errors import EXIT_OK, usage
 from ..output import SCHEMA_VERSION, Output, escape, text
-from ..validate import arg_bytes, check_key, checked, limits
+from ..validate import arg_bytes, byte_size, check_key, checked, limits
 
 log = logging.getLogger("kvp")
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("key")
     p.add_argument("value", help="the value, or - to read it from stdin")
     p.add_argument("--chunk", action="store_true", help="split a long value over KEY.0..N")
-    p.add_argument("--chunk-size", type=int, metavar="BYTES", help="bytes per chunk")
+    p.add_argument("--chunk-size", type=byte_size, metavar="BYTES", help="bytes per chunk")
 
 
 def read_value(args: argparse.Namespace) -> bytes:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.chunk_size is not None and not args.chunk:
         raise usage("--chunk-size needs --chunk")
     if args.chunk:
-        size = args.chunk_size or value_limit
+        size = value_limit if args.chunk_size is None else args.chunk_size
         if not 4 <= size <= value_limit:
             raise usage(f"--chunk-size is {size}; it must be between 4 and {value_limit}")
         checked(value, "value", len(value), args.unsafe)  # NUL and UTF-8 only

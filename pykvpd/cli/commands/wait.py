@@ -10,7 +10,7 @@ from ...watch import PoolWatcher, wait_for
 from ..access import GET_ORDER, pool_directory
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import SCHEMA_VERSION, Output, emit_value, escape, text
-from ..validate import check_key
+from ..validate import check_key, seconds
 
 log = logging.getLogger("kvp")
 
@@ -18,7 +18,7 @@ log = logging.getLogger("kvp")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("key")
     p.add_argument("--value", metavar="V")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="give up after S seconds")
 
 
 def run(args: argparse.Namespace, out: Output) -> int:

@@ -10,14 +10,15 @@ from ...watch import OPS, Change, HookRunner, PoolWatcher
 from ..access import ALL_POOLS, pool_directory
 from ..errors import EXIT_OK, usage
 from ..output import SCHEMA_VERSION, Output, escape
+from ..validate import count, seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("keys", nargs="*", metavar="KEY", help="keys or glob patterns (default: all)")
     p.add_argument("--op", metavar="OPS", help="only these ops: initial,add,modify,delete")
     p.add_argument("--no-initial", action="store_true", help="skip the events for current state")
-    p.add_argument("-n", "--count", type=int, metavar="N", help="exit after N events")
-    p.add_argument("--timeout", type=float, metavar="S", help="per-run timeout of --exec")
+    p.add_argument("-n", "--count", type=count, metavar="N", help="exit after N events")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="per-run timeout of --exec")
     p.add_argument(
         "--exec",
         nargs=argparse.REMAINDER,
@@ -57,8 +58,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
         raise usage("--exec needs a command")
     if args.timeout is not None and args.exec is None:
         raise usage("--timeout is the per-run timeout of --exec")
-    if args.count is not None and args.count < 1:
-        raise usage("--count must be at least 1")
     runner = HookRunner(args.exec, args.timeout) if args.exec else None
     numbers = args.pools or list(ALL_POOLS)
     emitted = 0
