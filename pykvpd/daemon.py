@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -20,8 +21,9 @@ from typing import List, Optional
 
 from . import __version__, transport
 from .handler import Handler, Outcome
-from .pools import PoolDir, PoolError
+from .hostwrites import HostWriteLog
 from .protocol import HV_E_FAIL, OP_NAMES, encode_status
+from .store import PoolDir, PoolError
 
 log = logging.getLogger("pykvpd")
 
@@ -35,6 +37,9 @@ STATUS_EVERY_SECONDS = 1.0
 REGISTER_TIMEOUT_SECONDS = 30.0  # a kernel that never answers the handshake: reopen
 
 SUBCOMMANDS = ("simulate", "status")
+# EX_UNAVAILABLE: the single-opener device is held by another daemon. The unit does not
+# restart on it (RestartPreventExitStatus=69); every other failure exits 1, as the C daemon.
+EXIT_DEVICE_BUSY = 69
 
 
 class UsageError(Exception):
@@ -109,7 +114,10 @@ class Daemon:
         self.pools = PoolDir(pool_dir, create=True, mode=config.pool_file_mode, watch=True)
         self.pools.init_files()
         self.intrinsic = Intrinsic(exclude_ifaces=tuple(config.exclude_interfaces))
-        self.handler = Handler(self.pools, self.intrinsic, self._netconfig(pool_dir))
+        self.host_writes = HostWriteLog(pool_dir, config.pool_file_mode)
+        self.handler = Handler(
+            self.pools, self.intrinsic, self._netconfig(pool_dir), self.host_writes
+        )
         self.channel: Optional[transport.Channel] = None
         self.stopping = False
         self.reload_requested = False
@@ -247,23 +255,26 @@ class Daemon:
             self.reconnect()
         self.notifier.ready(self._status_text())
         self._update_status(force=True)
-        watchdog = self.notifier.watchdog_interval()
+        notifier = self.notifier
+        keepalive = notifier.watchdog if notifier.watchdog_interval() is not None else None
         while not self.stopping:
             if self.reload_requested:
                 self._reload()
-            busy = watchdog is not None or self._status_due is not None
-            ready = self._wait(self._poll_timeout(watchdog) if busy else None)
-            if watchdog is not None:
-                self.notifier.watchdog()
+            # The loop has made progress: keep-alive if one is due (one clock read otherwise).
+            timeout = keepalive() if keepalive is not None else None
+            if self._status_due is not None:
+                timeout = self._status_timeout(timeout)
+            ready = self._wait(timeout)
             if self.stopping:
                 break
             if ready:
                 self.serve_one()
             if self._status_due is not None:
                 self._update_status()
-        self.notifier.stopping()
-        self._update_status(force=True)
+        notifier.stopping(f"stopping; {self.host_ops} host operations")
         self._close_channel()
+        self._update_status(force=True, notify=False)
+        notifier.close()
         return 0
 
     def _wait(self, timeout: Optional[float]) -> bool:
@@ -280,7 +291,7 @@ class Daemon:
             if self._wakeup_r is not None:
                 self._poller.register(self._wakeup_r, select.POLLIN)
         poller = self._poller
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))  # not early: no spin
         try:
             events = poller.poll(ms)
         except OSError as exc:
@@ -311,13 +322,11 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
-    def _poll_timeout(self, watchdog: Optional[float]) -> Optional[float]:
-        timeouts = []
-        if watchdog is not None:
-            timeouts.append(watchdog)
-        if self._status_due is not None:
-            timeouts.append(max(0.0, self._status_due + STATUS_EVERY_SECONDS - time.monotonic()))
-        return min(timeouts) if timeouts else None
+    def _status_timeout(self, timeout: Optional[float]) -> float:
+        """TIMEOUT shortened to when the pending status update is due."""
+        assert self._status_due is not None
+        status = max(0.0, self._status_due + STATUS_EVERY_SECONDS - time.monotonic())
+        return status if timeout is None else min(timeout, status)
 
     # ----------------------------------------------------------------- status / config
 
@@ -326,7 +335,7 @@ class Daemon:
         last = f", last {self.last_op}" if self.last_op else ""
         return f"{state}; pools in {self.pools.directory}; {self.host_ops} host operations{last}"
 
-    def _update_status(self, force: bool = False) -> None:
+    def _update_status(self, force: bool = False, notify: bool = True) -> None:
         """Publish STATUS= and the status file at most once a second, and once when idle."""
         now = time.monotonic()
         if not force and (
@@ -334,7 +343,8 @@ class Daemon:
         ):
             return
         self._status_due = None
-        self.notifier.status(self._status_text())
+        if notify:
+            self.notifier.status(self._status_text())
         if self._status_file is None:
             try:
                 from .status import StatusFile
@@ -372,6 +382,7 @@ class Daemon:
 
     def close(self) -> None:
         self._close_channel()
+        self.host_writes.close()
         self.pools.close()
 
 
@@ -461,6 +472,9 @@ def _run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
 
     service.setup_logging(bool(args.debug))
+    from .hv_kvp_daemon import ensure_named
+
+    ensure_named()  # an exec (same PID) unless ps -ef already shows hv_kvp_daemon
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -488,7 +502,7 @@ def _run(args: argparse.Namespace) -> int:
             args.device,
             exc,
         )
-        return 1
+        return EXIT_DEVICE_BUSY
     except transport.DeviceMissing as exc:
         log.error("no KVP device: %s (is this a Hyper-V guest with hv_utils loaded?)", exc)
         return 1

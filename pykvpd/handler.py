@@ -1,7 +1,7 @@
 """Decides the reply to one host request: where a host SET lands, and what ENUMERATE returns.
 
 The daemon loop hands every 7432-byte message to ``Handler.handle`` and writes back the reply it
-returns. Nothing here touches the device; the pool files are reached through ``pools`` and the
+returns. Nothing here touches the device; the pool files are reached through ``store`` and the
 generated Auto pool through ``intrinsic``, so the whole decision is testable without a kernel.
 
 Status mapping (spec §1.3, §9 row 28):
@@ -17,13 +17,17 @@ import logging
 from typing import Optional, Protocol, Union
 
 from . import protocol as p
-from .pools import PoolDir, PoolError
+from .store import PoolDir, PoolError
 
 log = logging.getLogger(__name__)
 
 
 class IntrinsicSource(Protocol):
     def item(self, index: int) -> Optional[tuple]: ...
+
+
+class WriteRecorder(Protocol):
+    def record(self, pool: int, key: bytes) -> None: ...
 
 
 class NetConfigSource(Protocol):
@@ -93,10 +97,12 @@ class Handler:
         pools: PoolDir,
         intrinsic: IntrinsicSource,
         netconfig: Optional[NetConfigSource] = None,
+        host_writes: Optional[WriteRecorder] = None,
     ) -> None:
         self.pools = pools
         self.intrinsic = intrinsic
         self.netconfig = netconfig
+        self.host_writes = host_writes  # told of SETs that left a value as it was (watchers)
 
     def handle(self, msg: bytes) -> Outcome:
         try:
@@ -121,7 +127,11 @@ class Handler:
         pool = self.pools.pool(req.pool)
         try:
             if req.op == p.OP_SET:
+                writes = self.host_writes
+                before = pool.get(req.key) if writes is not None else None
                 pool.set(req.key, req.value)
+                if before is not None and (req.value is None or req.value == before):
+                    writes.record(req.pool, req.key)  # bytes unchanged: watchers see it here
                 return Outcome(
                     p.encode_status(msg, p.HV_S_OK),
                     name,

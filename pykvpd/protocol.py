@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple, Optional, Union
 
+from .store.records import MAX_KEY_SIZE, MAX_VALUE_SIZE, POOL_COUNT
+
 MSG_SIZE = 7432  # sizeof(struct hv_kvp_msg)
 
 # Operations (kvp_hdr.operation).
@@ -38,7 +40,6 @@ POOL_GUEST = 1
 POOL_AUTO = 2
 POOL_AUTO_EXTERNAL = 3
 POOL_AUTO_INTERNAL = 4
-POOL_COUNT = 5
 
 # Status codes carried at offset 0 of a reply (forwarded verbatim to the host).
 HV_S_OK = 0x00000000
@@ -55,9 +56,7 @@ STATUS_NAMES = {
     HV_GUID_NOTFOUND: "HV_GUID_NOTFOUND",
 }
 
-# Field sizes.
-MAX_KEY_SIZE = 512
-MAX_VALUE_SIZE = 2048
+# Field sizes (MAX_KEY_SIZE, MAX_VALUE_SIZE and POOL_COUNT belong to the pool format).
 REG_SZ, REG_U32, REG_U64 = 1, 4, 8
 ADDR_FAMILY_NONE, ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6 = 0x00, 0x01, 0x02
 

@@ -1,7 +1,7 @@
 """systemd integration: journal or stderr logging, per-operation log records, sd_notify.
 
-Everything here degrades silently: without systemd-python, ``JOURNAL_STREAM`` or
-``NOTIFY_SOCKET`` the daemon logs to stderr and skips notifications, because the same
+Everything here degrades silently: without systemd-python (journal fields), ``JOURNAL_STREAM``
+or ``NOTIFY_SOCKET`` the daemon logs to stderr and skips notifications, because the same
 code runs under systemd, under a SysV script, in a container and in the tests.
 """
 
@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import sys
-from typing import Callable, Mapping, Optional
+import time
+from typing import Mapping, Optional
 
 from pykvpd.protocol import STATUS_NAMES
 
@@ -130,16 +131,6 @@ def log_operation(
     logger.debug(" ".join(parts), extra=fields)  # no args: no % parsing, no CODE_ARGS
 
 
-def _daemon_notify() -> Optional[Callable[[str], object]]:
-    """systemd.daemon.notify if systemd-python is installed."""
-    try:
-        from systemd import daemon  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    notify = getattr(daemon, "notify", None)
-    return notify if callable(notify) else None
-
-
 def notify_address(value: str) -> Optional[str]:
     """NOTIFY_SOCKET as a connectable AF_UNIX address: '@name' is abstract, '/path' a file."""
     if value.startswith("@") and len(value) > 1:
@@ -152,20 +143,18 @@ def notify_address(value: str) -> Optional[str]:
 class Notifier:
     """sd_notify for readiness, status, watchdog and stopping; never raises.
 
-    ``backend`` is ``"auto"`` (systemd-python when importable, else the stdlib fallback),
-    ``"systemd"`` or ``"socket"``. With no NOTIFY_SOCKET every method is a no-op.
+    One datagram socket, connected at the first message and kept open: a keep-alive then costs
+    one ``send``, not the socket + setsockopt + sendmsg + close of a fresh sd_notify() (or
+    systemd-python's ``daemon.notify``). With no NOTIFY_SOCKET every method is a no-op.
     """
 
-    def __init__(self, environ: Optional[Mapping[str, str]] = None, backend: str = "auto") -> None:
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         env = os.environ if environ is None else environ
         self._socket_value = env.get("NOTIFY_SOCKET", "")
-        self._watchdog_usec = env.get("WATCHDOG_USEC", "")
-        self._watchdog_pid = env.get("WATCHDOG_PID", "")
-        self._send_lib: Optional[Callable[[str], object]] = None
-        if backend in ("auto", "systemd"):
-            self._send_lib = _daemon_notify()
-        if backend == "socket":
-            self._send_lib = None
+        self._interval = _watchdog_interval(env.get("WATCHDOG_USEC", ""),
+                                            env.get("WATCHDOG_PID", ""))
+        self._next_ping = 0.0
+        self._sock: Optional[socket.socket] = None
         self._warned = False
 
     @property
@@ -185,51 +174,75 @@ class Notifier:
         """Free-form line shown by ``systemctl status``."""
         self._send("STATUS=" + _one_line(text))
 
-    def stopping(self) -> None:
-        """Clean shutdown has begun."""
-        self._send("STOPPING=1")
+    def stopping(self, status: str) -> None:
+        """Clean shutdown has begun; STATUS= in the same message, so no stale text remains."""
+        self._send("STOPPING=1\nSTATUS=" + _one_line(status))
 
-    def watchdog(self) -> None:
-        """Keep-alive; call only from a serving loop that is making progress."""
-        self._send("WATCHDOG=1")
+    def watchdog(self) -> Optional[float]:
+        """Keep-alive if one is due; the seconds until the next is due (how long the serving
+        loop may sleep), or None without a watchdog.
+
+        Sent at most once per watchdog_interval() however often it is called: the serving loop
+        calls it on every turn while it is making progress, under load once per host request,
+        and one clock read is all that request pays.
+        """
+        interval = self._interval
+        if interval is None:
+            return None
+        now = time.monotonic()
+        if now >= self._next_ping:
+            self._next_ping = now + interval
+            self._send("WATCHDOG=1")
+        return self._next_ping - now
 
     def watchdog_interval(self) -> Optional[float]:
         """Seconds between keep-alives (half of WATCHDOG_USEC), or None if no watchdog is armed."""
-        if not self._watchdog_usec:
-            return None
-        if self._watchdog_pid:
-            try:
-                if int(self._watchdog_pid) != os.getpid():
-                    return None
-            except ValueError:
-                return None
-        try:
-            usec = int(self._watchdog_usec)
-        except ValueError:
-            return None
-        if usec <= 0:
-            return None
-        return usec / 2 / 1_000_000
+        return self._interval
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _send(self, message: str) -> None:
         if not self._socket_value:
             return
         try:
-            if self._send_lib is not None:
-                self._send_lib(message)
-            else:
-                self._send_datagram(message)
-        except Exception as exc:  # notifications are advisory; the daemon must keep serving
+            if self._sock is None:
+                self._sock = self._connect()
+            self._sock.send(message.encode("utf-8", "replace"))
+        except OSError as exc:  # notifications are advisory; the daemon must keep serving
+            self.close()  # the manager may have been re-executed: connect afresh next time
             if not self._warned:
                 log.warning("sd_notify to %s failed: %s", self._socket_value, exc)
                 self._warned = True
 
-    def _send_datagram(self, message: str) -> None:
+    def _connect(self) -> socket.socket:
         address = notify_address(self._socket_value)
         if address is None:
             raise OSError(f"unsupported NOTIFY_SOCKET {self._socket_value!r}")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message.encode("utf-8", "replace"), address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+def _watchdog_interval(usec_text: str, pid_text: str) -> Optional[float]:
+    """Half of WATCHDOG_USEC in seconds, or None when unset, invalid or meant for another PID."""
+    if not usec_text:
+        return None
+    try:
+        if pid_text and int(pid_text) != os.getpid():
+            return None
+        usec = int(usec_text)
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    return usec / 2 / 1_000_000
 
 
 def _one_line(text: str) -> str:

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from pykvpd.pools import DEFAULT_POOL_DIR, POOL_LABELS, RECORD_SIZE, pool_filename
 from pykvpd.protocol import POOL_COUNT
+from pykvpd.store import DEFAULT_POOL_DIR, POOL_LABELS, RECORD_SIZE, pool_filename
 
 DEFAULT_STATUS_PATH = "/run/pykvpd/status.json"
 

@@ -13,15 +13,18 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 base_pkgs=(gcc python3 python3-dev python3-venv linux-libc-dev libsystemd-dev pkg-config)
 test_pkgs=(hyperv-daemons iproute2 util-linux systemd udev procps
-           dpkg-dev debhelper dh-python python3-all-dev python3-setuptools python3-cffi
-           python3-pyudev python3-systemd)
+           dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools
+           python3-wheel python3-cffi python3-systemd
+           systemd-container mmdebstrap  # real-systemd and real-network-stack containers, and
+                                         # the Debian 11 root file system of scripts/test-py39.sh
+           dnsmasq-base)  # the DHCP server on the test's side of the veth (test_netstack_real.py)
 
 apt_install() {
     local missing=()
     for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 }
 
@@ -42,7 +45,7 @@ if [ "$mode" = demo ]; then
     exec "$py" -m pykvpd simulate
 fi
 
-"$py" -m pip install -q -e '.[test,systemd,udev]'
+"$py" -m pip install -q -e '.[test,systemd]'
 # The tests import the package from the source tree: build the C shim in place as well.
 "$py" pykvpd/_shim_build.py >/dev/null
 "$py" -m ruff check pykvpd tests

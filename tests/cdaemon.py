@@ -33,9 +33,9 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from pykvpd import protocol as p
-from pykvpd.pools import RECORD_SIZE, PoolImage, decode_pool
 from pykvpd.simulator import kernel as kernel_mod
 from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.store import RECORD_SIZE, PoolImage, decode_pool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C_DAEMON = "/usr/sbin/hv_kvp_daemon"
@@ -200,7 +200,9 @@ class KvpPeer:
             daemon = ["env", f"LD_PRELOAD={preload_library()}", f"HVKVP_SOCKET={self.socket_path}"]
             daemon += [C_DAEMON, "-n"]
         else:
-            daemon = [self.python, "-m", "pykvpd", "-n", "--device", self.socket_path]
+            # under the C daemon's name, as the unit starts it (no re-exec to get that name)
+            daemon = [self.python, "-m", "pykvpd.hv_kvp_daemon", "-n", "--device",
+                      self.socket_path]
             daemon += ["--config", os.path.join(self.workdir, "no-such-pykvpd.conf")]
             daemon += ["--status-file", os.path.join(self.workdir, f"{self.kind}-status.json")]
             if not self.namespace:

@@ -151,7 +151,7 @@ def test_rejects_nul_and_invalid_utf8(pools):
         ["get", "K", "--json", "--raw"],
         ["--dir", "/x", "--root", "/y", "list"],
         ["watch", "--op", "explode"],
-        ["watch", "--timeout", "3"],
+        ["watch", "--hook-timeout", "3"],  # only with --exec (--timeout is the total time)
         ["set", "K", "V", "--chunk-size", "10"],
     ],
 )

@@ -23,7 +23,8 @@ NUMERIC_OPTIONS = [
     ("--lock-timeout", ["set", "A", "2"]),
     ("--lock-timeout", ["get", "A"]),
     ("--timeout", ["wait", "A"]),
-    ("--timeout", ["watch", "A", "-n", "1", "--exec", "true"]),
+    ("--timeout", ["watch", "A", "-n", "1"]),
+    ("--hook-timeout", ["watch", "A", "-n", "1", "--exec", "true"]),
 ]
 
 

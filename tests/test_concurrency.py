@@ -34,7 +34,7 @@ from typing import Dict, List, Tuple
 
 from test_cli_helpers import ROOT
 
-from pykvpd.pools import decode_pool
+from pykvpd.store import decode_pool
 
 SECONDS = 2.5
 DELETED = "\0DELETED"

@@ -109,7 +109,8 @@ def _pid_of_daemon(sock: str, deadline: float) -> int:
                     cmdline = fh.read().split(b"\0")
             except OSError:
                 continue
-            if sock.encode() in cmdline and b"pykvpd" in cmdline:
+            # -m pykvpd, re-exec'd as -m pykvpd.hv_kvp_daemon (the name ps -ef must show)
+            if sock.encode() in cmdline and b"pykvpd.hv_kvp_daemon" in cmdline:
                 return int(entry)
         time.sleep(0.05)
     raise AssertionError("detached daemon not found")
@@ -235,3 +236,28 @@ def test_a_bad_first_registration_reply_leads_to_a_reopen(tmp_path):
             proc.kill()
             proc.wait()
         server.close()
+
+
+def test_device_busy_says_who_holds_it_and_exits_69(tmp_path, monkeypatch, caplog):
+    """A second daemon on the single-opener device: one clear message, exit 69, which the unit
+    does not restart (RestartPreventExitStatus=69). The shim's EBUSY is produced by the stand-in
+    below: no second real /dev/vmbus/hv_kvp opener exists on a test machine."""
+    import errno
+    import logging
+
+    from pykvpd import service, transport
+
+    def busy(path):  # noqa: ANN001, ANN202
+        raise transport.DeviceBusy(errno.EBUSY, f"open {path} failed: Device or resource busy; "
+                                   "another KVP daemon has it open", path)
+
+    monkeypatch.setattr(transport, "open_channel", busy)
+    monkeypatch.setattr(service, "setup_logging", lambda *a, **k: None)
+    with caplog.at_level(logging.ERROR, logger="pykvpd"):
+        rc = main(["-n", *daemon_args(tmp_path, str(tmp_path / "dev"))])
+    assert rc == 69
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "is busy: another KVP daemon" in errors[0] and "stop it first" in errors[0]
+    with open(os.path.join(ROOT, "systemd", "pykvpd.service")) as f:
+        assert "RestartPreventExitStatus=69" in f.read().splitlines()

@@ -15,8 +15,8 @@ import pytest
 from cdaemon import KvpPeer
 
 from pykvpd import protocol as p
-from pykvpd.pools import RECORD_SIZE, encode_record
 from pykvpd.simulator.kernel import DaemonGone, FakeKernel
+from pykvpd.store import RECORD_SIZE, encode_record
 
 ALL_POOLS = range(p.POOL_COUNT)
 

@@ -23,8 +23,8 @@ import pytest
 from cdaemon import KvpPeer, c_daemon_missing, unshare_missing
 
 from pykvpd import protocol as p
-from pykvpd.pools import decode_pool, encode_record
 from pykvpd.simulator.kernel import DaemonGone, KernelError, NotRegistered
+from pykvpd.store import decode_pool, encode_record
 
 SEED = 20240611
 MESSAGES = 8000

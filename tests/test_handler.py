@@ -12,8 +12,8 @@ import pytest
 
 from pykvpd import protocol as p
 from pykvpd.handler import Handler, Outcome
-from pykvpd.pools import PoolDir
 from pykvpd.protocol import HV_E_FAIL, HV_S_CONT, HV_S_OK, MSG_SIZE, IpInfo
+from pykvpd.store import PoolDir
 
 RS = 2560
 FILE_POOLS = [0, 1, 3, 4]

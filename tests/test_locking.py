@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pykvpd.pools import LockTimeout, PoolFile
+from pykvpd.store import LockTimeout, PoolFile
 
 RS = 2560
 

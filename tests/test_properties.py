@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pykvpd import protocol as p
 from pykvpd.handler import Handler
-from pykvpd.pools import PoolDir, decode_pool, encode_record
+from pykvpd.store import PoolDir, decode_pool, encode_record
 
 Model = List[Tuple[bytes, bytes]]
 

@@ -1,4 +1,4 @@
-"""Real clients no one here wrote, against kvp and pykvpd.pools.
+"""Real clients no one here wrote, against kvp and pykvpd.store.
 
 cloud-init and WALinuxAgent come from Debian's packages, downloaded with ``apt-get download``
 into ``$PYKVPD_DEB_CACHE`` (default /tmp/pykvpd-debs, reused across runs) and unpacked with
@@ -24,7 +24,7 @@ import sys
 import pytest
 from test_cli_helpers import kvp
 
-from pykvpd.pools import PoolDir
+from pykvpd.store import PoolDir
 
 PACKAGES = ("cloud-init", "waagent")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -22,13 +23,6 @@ from pykvpd.protocol import HV_S_CONT, HV_S_OK
 from pykvpd.simulator.kernel import FakeKernel, HostRequest
 
 
-def _have_systemd_daemon() -> bool:
-    return service._daemon_notify() is not None
-
-
-BACKENDS = ["socket"] + (["systemd"] if _have_systemd_daemon() else [])
-
-
 @pytest.fixture(params=["path", "abstract"])
 def notify_socket(request, tmp_path, monkeypatch):
     """A datagram socket standing in for systemd; yields (sock, NOTIFY_SOCKET value)."""
@@ -47,10 +41,9 @@ def notify_socket(request, tmp_path, monkeypatch):
     sock.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_notifier_sends_ready_status_watchdog_stopping(notify_socket, backend):
-    sock, _ = notify_socket
-    notifier = service.Notifier(backend=backend)
+def test_notifier_sends_ready_status_watchdog_stopping(notify_socket):
+    sock, value = notify_socket
+    notifier = service.Notifier({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "30000000"})
     assert notifier.enabled
     notifier.ready("registered; 5 pools")
     assert sock.recv(4096) == b"READY=1\nSTATUS=registered; 5 pools"
@@ -60,20 +53,82 @@ def test_notifier_sends_ready_status_watchdog_stopping(notify_socket, backend):
     assert sock.recv(4096) == b"WATCHDOG=1"
     notifier.reloading()
     assert sock.recv(4096) == b"RELOADING=1"
-    notifier.stopping()
-    assert sock.recv(4096) == b"STOPPING=1"
+    notifier.stopping("stopping; 3 host operations")
+    assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping; 3 host operations"
+
+
+def test_watchdog_pings_at_most_once_per_interval_over_one_socket(notify_socket, monkeypatch):
+    """However often the loop wakes (every host request under load), one keep-alive per half
+    WATCHDOG_USEC, and every message goes through the same socket, opened once."""
+    sock, _ = notify_socket
+    clock = [1000.0]
+    monkeypatch.setattr(service.time, "monotonic", lambda: clock[0])
+    opened = []
+    real_socket = service.socket.socket
+
+    def counting_socket(*args, **kwargs):
+        opened.append(args)
+        return real_socket(*args, **kwargs)
+
+    monkeypatch.setattr(service.socket, "socket", counting_socket)
+    notifier = service.Notifier({"NOTIFY_SOCKET": os.environ["NOTIFY_SOCKET"],
+                                 "WATCHDOG_USEC": "30000000"})
+    assert notifier.watchdog() == 15.0  # sent at once, next one due in 15 s
+    for _ in range(1000):  # 1000 requests within the first second
+        clock[0] += 0.001
+        notifier.watchdog()
+    assert notifier.watchdog() == pytest.approx(14.0)
+    clock[0] = 1015.0  # half of WatchdogSec=30 after the first ping
+    assert notifier.watchdog() == 15.0
+    assert notifier.watchdog() == 15.0
+    notifier.status("s")
+    sock.settimeout(0.2)
+    got = []
+    with contextlib.suppress(socket.timeout):
+        while True:
+            got.append(sock.recv(4096))
+    assert got == [b"WATCHDOG=1", b"WATCHDOG=1", b"STATUS=s"]
+    assert len(opened) == 1
+    notifier.close()
+
+
+def test_watchdog_off_without_usec(notify_socket):
+    sock, _ = notify_socket
+    notifier = service.Notifier()
+    assert notifier.watchdog() is None
+    notifier.status("only this")
+    assert sock.recv(4096) == b"STATUS=only this"
+
+
+def test_notifier_reconnects_after_the_manager_went_away(tmp_path):
+    """systemctl daemon-reexec closes the notify socket: the next message connects afresh."""
+    path = str(tmp_path / "notify")
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    first.bind(path)
+    notifier = service.Notifier({"NOTIFY_SOCKET": path})
+    notifier.status("one")
+    assert first.recv(4096) == b"STATUS=one"
+    first.close()
+    os.unlink(path)
+    notifier.status("lost")  # refused: warned once, socket dropped
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    second.bind(path)
+    second.settimeout(5)
+    notifier.status("two")
+    assert second.recv(4096) == b"STATUS=two"
+    second.close()
 
 
 def test_notifier_without_socket_is_silent(monkeypatch, tmp_path):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    notifier = service.Notifier(backend="socket")
+    notifier = service.Notifier()
     assert not notifier.enabled
     notifier.ready("x")  # nothing to send to, nothing raised
     notifier.watchdog()
 
 
 def test_notifier_never_raises_when_manager_is_gone(tmp_path, caplog):
-    notifier = service.Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")}, backend="socket")
+    notifier = service.Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     with caplog.at_level(logging.WARNING, logger="pykvpd.service"):
         notifier.ready("x")
         notifier.watchdog()
@@ -82,8 +137,8 @@ def test_notifier_never_raises_when_manager_is_gone(tmp_path, caplog):
 
 
 def test_notifier_rejects_relative_socket_without_raising(tmp_path):
-    notifier = service.Notifier({"NOTIFY_SOCKET": "relative/path"}, backend="socket")
-    notifier.stopping()
+    notifier = service.Notifier({"NOTIFY_SOCKET": "relative/path"})
+    notifier.stopping("x")
 
 
 def test_notify_address_forms():
@@ -234,7 +289,6 @@ def test_setup_logging_without_systemd_python(monkeypatch, clean_root_logger):
     monkeypatch.setitem(sys.modules, "systemd.journal", None)
     service.setup_logging(debug=False, use_journal=True)
     assert type(service._installed_handlers[0]) is logging.StreamHandler
-    assert service._daemon_notify() is None
 
 
 # ---------------------------------------------------------- the daemon against a fake kernel
@@ -310,7 +364,9 @@ def test_daemon_ready_status_watchdog_stuck_and_stopping(tmp_path):
     holder = None
     try:
         first = _recv_until(notify, lambda m: "READY=1" in m)
-        assert kernel.registered  # READY only after the handshake
+        # READY only after the handshake (the fake kernel marks itself registered just after
+        # sending the reply the daemon reacts to, hence a short wait rather than a snapshot)
+        assert kernel.wait_registered(5) and kernel.registrations == 1
         assert any("STATUS=" in m and "registered" in m for m in first)
         _recv_until(notify, lambda m: m == "WATCHDOG=1")
 
@@ -337,8 +393,11 @@ def test_daemon_ready_status_watchdog_stuck_and_stopping(tmp_path):
         _recv_until(notify, lambda m: m == "WATCHDOG=1")  # healthy again
 
         daemon.send_signal(signal.SIGTERM)
-        _recv_until(notify, lambda m: "STOPPING=1" in m)
+        last = _recv_until(notify, lambda m: "STOPPING=1" in m)[-1]
+        assert last == "STOPPING=1\nSTATUS=stopping; 2 host operations"
         assert daemon.wait(20) == 0
+        after = _datagrams(notify, time.monotonic() + 0.3)
+        assert after == []  # no "registered" STATUS= after STOPPING=1
     finally:
         if holder is not None:
             holder.close()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pykvpd import status
-from pykvpd.pools import RECORD_SIZE
+from pykvpd.store import RECORD_SIZE
 
 
 def dead_pid() -> int:

@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Iterator, Optional, Sequence
 
-from ..pools import LockTimeout, PoolError, RecordTooLarge
+from ..store import LockTimeout, PoolError, RecordTooLarge
 from .commands import COMMANDS
 from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CliError
 from .output import Output
@@ -41,7 +41,7 @@ def _setup_logging(args: Optional[argparse.Namespace]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     if args is not None and args.command in ("dump", "fsck"):
-        logging.getLogger("pykvpd.pools").setLevel(logging.ERROR)  # we report damage ourselves
+        logging.getLogger("pykvpd.store").setLevel(logging.ERROR)  # we report damage ourselves
 
 
 def _permission_hint(message: str) -> str:

@@ -6,8 +6,15 @@ import argparse
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from ..pools import DEFAULT_POOL_DIR, POOL_NAMES, PoolError, PoolFile, PoolImage, pool_filename
-from ..protocol import POOL_COUNT
+from ..store import (
+    DEFAULT_POOL_DIR,
+    POOL_COUNT,
+    POOL_NAMES,
+    PoolError,
+    PoolFile,
+    PoolImage,
+    pool_filename,
+)
 from .errors import EXIT_IO, CliError, usage
 
 GET_ORDER = (0, 3, 1, 2, 4)  # host data first: external, auto-external, guest, auto, auto-internal

@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..pools import DEFAULT_POOL_DIR, pool_number
+from ..store import DEFAULT_POOL_DIR, pool_number
 from . import commands
 from .errors import usage
 from .validate import seconds

@@ -1,4 +1,4 @@
-"""``kvp`` input checks: keys and values from the command line against the pool limits."""
+"""``kvp`` input checks: keys and values against the pool limits, durations and counts."""
 
 from __future__ import annotations
 
@@ -7,49 +7,14 @@ import math
 import os
 from typing import Tuple
 
-from ..pools import KEY_SIZE, VALUE_SIZE
+from ..store import KEY_SIZE, VALUE_SIZE
 from .errors import usage
 
 SAFE_KEY_BYTES = 254  # what the host can read back after the kernel's UTF-16 conversion
 SAFE_VALUE_BYTES = 1022
 UNSAFE_KEY_BYTES = KEY_SIZE - 1
 UNSAFE_VALUE_BYTES = VALUE_SIZE - 1
-MAX_SECONDS = 366 * 86400  # a timeout beyond a year is a typo, and overflows time arithmetic
-MAX_COUNT = 10**9
-
-
-def seconds(text: str) -> float:
-    """argparse type of every duration option: a finite, non-negative number up to a year."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if math.isnan(value) or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more seconds")
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"{text} s is more than a year (at most {MAX_SECONDS})")
-    return value
-
-
-def count(text: str) -> int:
-    """argparse type of a count option: a whole number from 1 to a billion."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (1 to {MAX_COUNT})")
-    return value
-
-
-def byte_size(text: str) -> int:
-    """argparse type of a size in bytes: a whole number (the command checks its range)."""
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+_MAX_SECONDS = 366 * 24 * 3600.0  # a longer limit is a typo, not a plan
 
 
 def checked(raw: bytes, what: str, limit: int, unsafe: bool) -> bytes:
@@ -85,3 +50,45 @@ def check_key(args: argparse.Namespace, key: str) -> bytes:
     if not raw:
         raise usage("key is empty")
     return checked(raw, "key", limits(args)[0], args.unsafe)
+
+
+def seconds(text: str) -> float:
+    """A duration: a finite, non-negative number of seconds, at most a year."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    if value > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} s is more than a year")
+    return value
+
+
+def run_limit(text: str) -> float:
+    """A per-run limit: a duration above zero (0 would stop every run at once)."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 would stop every run at once")
+    return value
+
+
+def count(text: str) -> int:
+    """-n: a whole number of events, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1000000000")
+    return value
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: a whole number (the command checks its range)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None

@@ -74,7 +74,7 @@ def run_demo(out: IO[str], as_json: bool = False, keep: bool = False) -> int:
     transcript.say("info", f"simulated device      {guest.device}")
     transcript.say("info", f"daemon                {_shown(guest.command)}")
     if not pool_tool_available():
-        transcript.say("info", "kvp pool tool not installed: guest writes use pykvpd.pools")
+        transcript.say("info", "kvp pool tool not installed: guest writes use pykvpd.store")
     failures = 0
     exit_status = None
     try:

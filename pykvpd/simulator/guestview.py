@@ -1,6 +1,6 @@
 """What the guest's pool files hold, decoded read-only for transcripts and checks.
 
-Deliberately independent of ``pykvpd.pools`` (no locks, no journal): the simulator shows the
+Deliberately independent of ``pykvpd.store`` (no locks, no journal): the simulator shows the
 bytes on disk as any other reader of ``.kvp_pool_N`` would see them, so a bug in the pool store
 cannot hide itself in the simulator's own view.
 """

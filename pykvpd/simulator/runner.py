@@ -208,7 +208,7 @@ def run_guest_tool(pool_dir: str, args: Sequence[str]) -> str:
 
 
 def _pool_api(pool_dir: str, args: Sequence[str]) -> str:
-    from pykvpd.pools import PoolDir
+    from pykvpd.store import PoolDir
 
     verb, rest = args[0], list(args[1:])
     pool = 1
@@ -223,4 +223,4 @@ def _pool_api(pool_dir: str, args: Sequence[str]) -> str:
         store.delete(rest[0])
     else:
         raise ValueError(f"unsupported guest command {verb!r}")
-    return f"pools.PoolDir(...).pool({pool}).{verb}({', '.join(map(repr, rest))})"
+    return f"store.PoolDir(...).pool({pool}).{verb}({', '.join(map(repr, rest))})"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from typing import Optional
 
-from ... import events as ev
-from ...pools import POOL_LABELS, RECORD_SIZE
+from ... import store
+from ...store import POOL_LABELS
 from ..access import one_pool, pool_path, writable_pool
 from ..errors import EXIT_IO, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output
@@ -24,21 +23,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
     result = {"cleared": False, "records": 0, "stale": None}
     if os.path.exists(path):
         pool = writable_pool(args, number)
-        boot = ev.boot_time() if args.if_stale else None
+        boot = store.boot_time() if args.if_stale else None
         if args.if_stale and boot is None:
             raise CliError("cannot tell the boot time; not clearing", EXIT_IO)
-
-        def edit(data: bytes, st: os.stat_result) -> Optional[bytes]:
-            result["records"] = len(data) // RECORD_SIZE
-            if boot is not None:
-                result["stale"] = st.st_mtime < boot
-                if not result["stale"]:
-                    return None
-            result["cleared"] = True
-            return b""
-
         with contextlib.closing(pool):
-            ev.transact(pool, edit)
+            result = store.clear(pool, if_stale_since=boot)._asdict()
     if args.json:
         out.json(
             {

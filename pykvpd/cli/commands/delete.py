@@ -6,10 +6,9 @@ import argparse
 import contextlib
 import logging
 import os
-from typing import List, Optional
 
-from ... import events as ev
-from ...pools import POOL_LABELS
+from ... import store
+from ...store import POOL_LABELS
 from ..access import one_pool, pool_path, require_dir, writable_pool
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import SCHEMA_VERSION, Output, escape, text
@@ -33,9 +32,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         pool = writable_pool(args, number)
         with contextlib.closing(pool):
             if args.chunk:
-                removed: List[int] = []
-                ev.transact(pool, lambda data, _st: delete_chunks(data, text(key), removed))
-                found = removed[0] if removed else 0
+                found = store.delete_chunked(pool, text(key))
             else:
                 found = 1 if pool.delete(key) else 0
     if args.json:
@@ -54,16 +51,3 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return EXIT_NOT_FOUND
     return EXIT_OK
 
-
-def delete_chunks(data: bytes, key: str, removed: List[int]) -> Optional[bytes]:
-    raw = ev.RawPool(data)
-    kept = []
-    for blob, rec in zip(raw.raw, raw.records()):
-        if rec.valid and (rec.text_key == key or ev.chunk_index(rec.text_key, key) is not None):
-            continue
-        kept.append(blob)
-    removed.append(len(raw.raw) - len(kept))
-    if len(kept) == len(raw.raw):
-        return None
-    raw.raw = kept
-    return raw.to_bytes()

@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from ... import events as ev
-from ...pools import RECORD_SIZE, PoolFile, decode_pool
+from ... import store
+from ...store import RECORD_SIZE, PoolFile
 from ..errors import EXIT_IO, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
 
@@ -27,10 +27,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             raise CliError(f"{name}: no such file", EXIT_IO)
         pool = PoolFile(name, writable=False, lock_timeout=args.lock_timeout)
         with contextlib.closing(pool):
-            data = ev.read_locked(pool)
-    image = decode_pool(data)
-    findings = ev.fsck_findings(data)
-    by_index: Dict[Optional[int], List[ev.Finding]] = {}
+            data = pool.raw()
+    inspection = store.inspect(data)
+    image, findings = inspection.image, inspection.findings
+    by_index: Dict[Optional[int], List[store.Finding]] = {}
     for f in findings:
         by_index.setdefault(f.index, []).append(f)
     if args.json:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             {
                 "version": SCHEMA_VERSION,
                 "path": name,
-                "size": len(data),
+                "size": inspection.size,
                 "records": [
                     {
                         "index": i,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_OK
     out.line(
-        f"{name}: {len(data)} bytes, {len(image.records)} records"
+        f"{name}: {inspection.size} bytes, {len(image.records)} records"
         + (f", {len(image.trailing)} trailing bytes" if image.trailing else "")
         + f", {len(findings)} problem{'s' if len(findings) != 1 else ''}"
     )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from ... import events as ev
-from ...pools import POOL_LABELS, RECORD_SIZE, PoolError, PoolFile, pool_filename
+from ... import store
+from ...store import POOL_LABELS, PoolFile, pool_filename
 from ..access import ALL_POOLS, require_dir
 from ..errors import EXIT_IO, EXIT_NOT_FOUND, EXIT_OK, CliError, usage
 from ..output import SCHEMA_VERSION, Output, finding_json
@@ -68,50 +67,19 @@ def fsck_one(args: argparse.Namespace, number: Optional[int], path: str) -> Dict
         if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.W_OK):
             raise CliError(f"{path}: permission denied; repairing needs root (try sudo)", EXIT_IO)
         pool = PoolFile(path, writable=True, lock_timeout=args.lock_timeout)
-        seen: Dict[str, Any] = {}
-
-        def edit(data: bytes, _st: os.stat_result) -> Optional[bytes]:
-            seen["findings"] = ev.fsck_findings(data)
-            seen["records"] = len(data) // RECORD_SIZE
-            fixed_data, fixed = ev.repair_image(data)
-            if not fixed:
-                return None
-            seen["backup"] = write_backup(path, data)
-            seen["fixed"] = fixed
-            return fixed_data
-
         with contextlib.closing(pool):
-            ev.transact(pool, edit)
-        findings = seen["findings"]
-        result["backup"] = seen.get("backup")
-        result["repaired"] = [finding_json(f) for f in seen.get("fixed", [])]
-        result["records"] = seen["records"]
+            report = store.repair(pool)
     else:
         pool = PoolFile(path, writable=False, lock_timeout=args.lock_timeout)
         with contextlib.closing(pool):
-            data = ev.read_locked(pool)
-        findings = ev.fsck_findings(data)
-        result["records"] = len(data) // RECORD_SIZE
+            report = store.check(pool)
+    findings = report.findings
+    result["backup"] = report.backup
+    result["repaired"] = [finding_json(f) for f in report.repaired]
+    result["records"] = report.records
     result["findings"] = [finding_json(f) for f in findings]
-    result["remaining"] = ev.remaining_findings(findings, repaired=args.repair)
+    result["remaining"] = report.remaining()
     return result
-
-
-def write_backup(path: str, data: bytes) -> str:
-    """Save a pool's bytes before repairing it, beside it, under a name no pool glob matches."""
-    directory, base = os.path.split(path)
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
-    backup = os.path.join(directory, f".pykvpd-fsck-{base.lstrip('.')}-{stamp}")
-    try:
-        fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise PoolError(f"{backup}: cannot write the backup: {exc.strerror}") from None
-    return backup
 
 
 def print_fsck(out: Output, result: Dict[str, Any], repair: bool) -> None:
@@ -126,7 +94,7 @@ def print_fsck(out: Output, result: Dict[str, Any], repair: bool) -> None:
     for f in findings:
         where = f"record {f['index']}" if f["index"] is not None else f"offset {f['offset']}"
         if (f["kind"], f["index"]) in repaired:
-            note = f"  [{ev.REPAIRS[f['kind']]}]"
+            note = f"  [{store.REPAIRS[f['kind']]}]"
         elif f["repairable"] and not repair:
             note = "  [--repair fixes this]"
         elif not f["repairable"]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ... import events as ev
-from ...pools import POOL_LABELS
+from ... import store
+from ...store import POOL_LABELS
 from ..access import GET_ORDER, first_values, read_image, require_dir
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import SCHEMA_VERSION, Output, emit_value, escape, text
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         values = first_values(image)
         chunks = None
         if args.join:
-            joined = ev.join_chunks(values, text(key))
+            joined = store.join_chunks(values, text(key))
             if joined is None:
                 continue
             value, chunks = joined

@@ -6,8 +6,8 @@ import argparse
 import os
 from typing import Optional
 
-from ... import events as ev
-from ...pools import POOL_LABELS
+from ... import store
+from ...store import POOL_LABELS
 from ..access import one_pool, pool_path
 from ..errors import EXIT_IO, EXIT_NOT_FOUND, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     number = one_pool(args)
     path = pool_path(args, number)
-    boot = ev.boot_time()
+    boot = store.boot_time()
     try:
         mtime: Optional[float] = os.stat(path).st_mtime
     except FileNotFoundError:

@@ -7,8 +7,8 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from ... import events as ev
-from ...pools import POOL_LABELS, pool_filename
+from ... import store
+from ...store import POOL_LABELS, pool_filename
 from ..access import ALL_POOLS, read_image, require_dir, valid_records
 from ..errors import EXIT_OK
 from ..output import SCHEMA_VERSION, Output, escape, table
@@ -74,10 +74,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
 def list_events(args: argparse.Namespace, out: Output, images: Dict[int, Any]) -> int:
     triples = [(n, i, rec) for n, image in images.items() for i, rec in valid_records(image)]
-    found = ev.reassemble_events(triples)
-    boot = ev.boot_time()
+    found = store.reassemble_events(triples)
+    boot = store.boot_time()
 
-    def this_boot(event: ev.KvpEvent) -> Optional[bool]:
+    def this_boot(event: store.KvpEvent) -> Optional[bool]:
         inc = event.fields.get("incarnation")
         if boot is None or not isinstance(inc, int):
             return None

@@ -6,10 +6,10 @@ import argparse
 import contextlib
 import logging
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from ... import events as ev
-from ...pools import POOL_LABELS, encode_record
+from ... import store
+from ...store import POOL_LABELS
 from ..access import one_pool, writable_pool
 from ..errors import EXIT_OK, usage
 from ..output import SCHEMA_VERSION, Output, escape, text
@@ -47,20 +47,20 @@ def run(args: argparse.Namespace, out: Output) -> int:
         if not 4 <= size <= value_limit:
             raise usage(f"--chunk-size is {size}; it must be between 4 and {value_limit}")
         checked(value, "value", len(value), args.unsafe)  # NUL and UTF-8 only
-        chunks = ev.split_value(value, size)
+        count = len(store.split_value(value, size))
         checked(
-            ev.chunk_key(text(key), len(chunks) - 1).encode(),
-            f"key of chunk {len(chunks) - 1}",
+            store.chunk_key(text(key), count - 1).encode(),
+            f"key of chunk {count - 1}",
             key_limit,
             args.unsafe,
         )
         pool = writable_pool(args, number)
         with contextlib.closing(pool):
-            ev.transact(pool, lambda data, _st: set_chunks(data, text(key), chunks))
+            store.write_chunks(pool, text(key), value, size)
         op = "chunked"
     else:
         checked(value, "value", value_limit, args.unsafe)
-        chunks = []
+        count = 0
         pool = writable_pool(args, number)
         with contextlib.closing(pool):
             op = "add" if pool.set(key, value) else "modify"
@@ -74,28 +74,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             "op": op,
         }
         if args.chunk:
-            result["chunks"] = len(chunks)
+            result["chunks"] = count
         out.json(result)
     return EXIT_OK
 
-
-def set_chunks(data: bytes, key: str, chunks: List[bytes]) -> bytes:
-    """Pool bytes with KEY.0..N-1 set, and KEY and any KEY.i (i >= N) removed."""
-    raw = ev.RawPool(data)
-    kept = []
-    for blob, rec in zip(raw.raw, raw.records()):
-        if rec.valid:
-            index = ev.chunk_index(rec.text_key, key)
-            if rec.text_key == key or (index is not None and index >= len(chunks)):
-                continue
-        kept.append(blob)
-    raw.raw = kept
-    first = raw.first_index()
-    for i, chunk in enumerate(chunks):
-        name = ev.chunk_key(key, i).encode("utf-8")
-        record = encode_record(name, chunk)
-        if name in first:
-            raw.raw[first[name]] = record
-        else:
-            raw.append(record)
-    return raw.to_bytes()

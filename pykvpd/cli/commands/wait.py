@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ...pools import POOL_LABELS
+from ...store import POOL_LABELS
 from ...watch import PoolWatcher, wait_for
 from ..access import GET_ORDER, pool_directory
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     key = text(check_key(args, args.key))
     numbers = args.pools or list(GET_ORDER)
-    watcher = PoolWatcher(pool_directory(args), numbers, lambda k: k == key, args.lock_timeout)
+    watcher = PoolWatcher(
+        pool_directory(args), numbers, lambda k: k == key, args.lock_timeout, rewrites=False
+    )
     with watcher:
         hit = wait_for(watcher, key, args.value, args.timeout)
     if hit is None:

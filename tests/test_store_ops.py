@@ -1,4 +1,4 @@
-"""events: chunk splitting and joining, split-event reassembly, fsck findings, batch writes."""
+"""store: chunk splitting and joining, split-event reassembly, fsck findings, batch writes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import pytest
 from test_cli_helpers import rec
 
-from pykvpd import events as ev
-from pykvpd.pools import PoolFile, Record
+from pykvpd import store as ev
+from pykvpd.store import PoolFile, Record
 
 # --------------------------------------------------------------------------- chunks
 
@@ -141,20 +141,22 @@ def test_transact_rewrites_only_from_first_difference_and_keeps_inode(tmp_path):
         seen.append((data, st.st_size))
         return data[:2560] + rec(b"C", b"3")
 
-    assert ev.transact(pool, edit) is True
+    assert pool.transaction(edit) is True
     assert seen == [(original, len(original))]
     with open(path, "rb") as f:
         assert f.read() == rec(b"A", b"1") + rec(b"C", b"3")
     assert os.stat(path).st_ino == inode
     assert pool.get("C") == b"3" and pool.get("B") is None  # the pool's cache was refreshed
-    assert ev.transact(pool, lambda d, s: None) is False
+    assert pool.transaction(lambda d, s: None) is False
     assert not os.path.getsize(str(tmp_path / ".pykvpd-journal-kvp_pool_1"))  # journal retired
     pool.close()
 
 
-def test_raw_pool_append_pads_a_partial_tail():
-    raw = ev.RawPool(rec(b"A", b"1") + b"xyz")
-    raw.append(rec(b"B", b"2"))
-    data = raw.to_bytes()
-    assert len(data) == 3 * 2560
-    assert data[2560:5120] == b"xyz".ljust(2560, b"\0")
+def test_write_chunks_pads_a_partial_tail_before_appending(tmp_path):
+    path = tmp_path / ".kvp_pool_1"
+    path.write_bytes(rec(b"A", b"1") + b"xyz")
+    pool = PoolFile(str(path))
+    assert ev.write_chunks(pool, "B", b"2", 100) == 1
+    pool.close()
+    data = path.read_bytes()
+    assert data == rec(b"A", b"1") + b"xyz".ljust(2560, b"\0") + rec(b"B.0", b"2")
