@@ -13,6 +13,7 @@ import sys
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .. import __version__
 from ..store import DEFAULT_POOL_DIR, pool_number
 from . import commands
 from .errors import usage
@@ -78,6 +79,7 @@ def _top_parser(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         epilog=f"commands:\n{listing}\n\n{EPILOG}\n'kvp COMMAND --help' shows a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kvp {__version__}")
     parser.add_argument("command", metavar="COMMAND", choices=list(commands.COMMANDS))
     rest = parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     rest.required = False  # `kvp` alone names only COMMAND as missing
@@ -117,6 +119,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Modul
             setattr(args, name, list(default) if isinstance(default, list) else default)
     if sum(bool(x) for x in (args.json, args.null, args.raw)) > 1:
         raise usage("use only one of --json, --null and --raw")
+    for form in ("json", "null", "raw"):
+        if getattr(args, form) and form not in module.FORMATS:
+            raise usage(f"--{form} does not apply to '{top.command}'")
     pools: List[int] = []
     for item in args.pool:
         parts = [part.strip() for part in item.split(",")]

@@ -13,6 +13,8 @@ from ...store import RECORD_SIZE, PoolFile
 from ..errors import EXIT_IO, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
 
+FORMATS = ("json",)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a pool file, or - for stdin")

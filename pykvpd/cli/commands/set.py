@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from typing import Any, Dict
 
 from ... import store
 from ...store import POOL_LABELS
-from ..access import one_pool, writable_pool
+from ..access import one_pool, writing
 from ..errors import EXIT_OK, usage
 from ..output import SCHEMA_VERSION, Output, escape, text
 from ..validate import arg_bytes, byte_size, check_key, checked, limits
 
 log = logging.getLogger("kvp")
+
+
+FORMATS = ("json", "raw")  # --raw: keep stdin byte for byte
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,15 +56,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
             key_limit,
             args.unsafe,
         )
-        pool = writable_pool(args, number)
-        with contextlib.closing(pool):
+        with writing(args, number) as pool:
             store.write_chunks(pool, text(key), value, size)
         op = "chunked"
     else:
         checked(value, "value", value_limit, args.unsafe)
         count = 0
-        pool = writable_pool(args, number)
-        with contextlib.closing(pool):
+        with writing(args, number) as pool:
             op = "add" if pool.set(key, value) else "modify"
     log.info("%s %s in %s (%s)", op, escape(key), POOL_LABELS[number], pool.path)
     if args.json:
@@ -77,4 +77,3 @@ def run(args: argparse.Namespace, out: Output) -> int:
             result["chunks"] = count
         out.json(result)
     return EXIT_OK
-
