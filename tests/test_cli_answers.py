@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import tempfile
 
 import pytest
 from test_cli import _as_nobody, _python_for_nobody, _readable_copy_of_the_package
-from test_cli_helpers import kvp, kvp_process, read_pool, rec, write_pool
+from test_cli_helpers import ROOT, kvp, kvp_argv, kvp_process, read_pool, rec, write_pool
 
 from pykvpd import __version__
 
@@ -86,7 +88,9 @@ def test_get_of_a_chunked_key_hints_join(pools):
     assert kvp("--dir", pools, "set", "Big", "x" * 3000, "--chunk")[0] == 0
     code, out, err = kvp("--dir", pools, "get", "Big")
     assert (code, out) == (1, b"")
-    assert "Big: not found in any pool (Big.0, .1, ... exist: --join reads them as one value)" in err
+    assert (
+        "Big: not found in any pool (Big.0, .1, ... exist: --join reads them as one value)" in err
+    )
     assert kvp("--dir", pools, "get", "Big", "--join")[1] == b"x" * 3000 + b"\n"
     assert "--join" not in kvp("--dir", pools, "get", "Other")[2]
 
@@ -158,3 +162,74 @@ def test_root_resolves_an_absolute_directory_symlink_inside_the_image(tmp_path):
     assert read_pool(str(inside), 1) == rec(b"Foo", b"bar")
     assert kvp("--root", str(image), "get", "Foo", "--raw")[:2] == (0, b"bar")
     assert not os.path.exists("/kvp-image-only")
+
+
+def test_dump_of_a_directory_or_a_device_says_what_it_is(pools):
+    code, out, err = kvp("dump", pools)
+    assert (code, out) == (3, b"")
+    assert f"{pools}: is a directory; dump decodes one pool file" in err
+    code, out, err = kvp("dump", "/dev/null")
+    assert (code, out) == (3, b"")
+    assert "/dev/null: is a character device, not a pool file" in err
+    assert "no such file" in kvp("dump", os.path.join(pools, "nope"))[2]
+
+
+def test_list_filters_by_key_glob(pools):
+    write_pool(pools, 1, rec(b"ignition.config.0", b"a") + rec(b"Other", b"b"))
+    write_pool(pools, 0, rec(b"ignition.config.1", b"c") + rec(b"x[1]", b"d"))
+    code, out, _err = kvp("--dir", pools, "list", "--json", "ignition.*", "x[1]")
+    assert code == 0
+    keys = [(r["pool"], r["key"]) for r in json.loads(out)["records"]]
+    assert keys == [(0, "ignition.config.1"), (0, "x[1]"), (1, "ignition.config.0")]
+    assert kvp("--dir", pools, "list", "--raw", "Oth?r")[1] == b"guest\tOther\tb\n"
+
+
+def test_list_auto_shows_what_the_daemon_generates(pools):
+    from pykvpd.intrinsic import AUTO_KEYS, Intrinsic
+
+    code, out, err = kvp("--dir", pools, "-p", "auto", "list", "--json")
+    assert code == 0
+    records = json.loads(out)["records"]
+    assert [r["key"] for r in records] == list(AUTO_KEYS)
+    assert all(r["generated"] and r["pool_name"] == "auto" for r in records)
+    expected = dict(Intrinsic().items())
+    for r in records:
+        if r["key"] not in ("FullyQualifiedDomainName", "NetworkAddressIPv4", "NetworkAddressIPv6"):
+            assert r["value"] == expected[r["key"]], r
+    assert "values the daemon generates" in err
+    assert not os.path.exists(os.path.join(pools, ".kvp_pool_2"))
+    # Listing every pool shows only what is stored.
+    assert all(
+        not r["generated"] for r in json.loads(kvp("--dir", pools, "list", "--json")[1])["records"]
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_a_full_disk_names_the_file(tmp_path):
+    """A tiny tmpfs in a private mount namespace, filled up: every failed write names the pool."""
+    directory = tmp_path / "full"
+    directory.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=8k tmpfs {directory} || exit 99\n"
+        f"head -c 4096 /dev/zero > {directory}/filler\n"
+        f"for k in A B C; do {' '.join(map(shlex.quote, kvp_argv()))} --dir {directory}"
+        " set $k $(head -c 1000 /dev/zero | tr '\\0' x); echo rc=$?; done\n"
+    )
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare")
+    if "rc=" not in done.stdout:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {done.stderr}")
+    assert done.stdout.split() == ["rc=3", "rc=3", "rc=3"], done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert line.startswith(f"kvp: {directory}/.kvp_pool_1: "), line
+        assert line.endswith("No space left on device"), line

@@ -71,7 +71,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LockTimeout as exc:
         return _fail(str(exc), EXIT_IO, as_json)
     except PoolError as exc:
-        return _fail(_permission_hint(str(exc)), EXIT_IO, as_json)
+        message = str(exc)
+        name = getattr(exc, "filename", None)
+        if name and str(name) not in message:
+            message = f"{name}: {message}"
+        return _fail(_permission_hint(message), EXIT_IO, as_json)
     except BrokenPipeError:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

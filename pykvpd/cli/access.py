@@ -91,21 +91,20 @@ def writing(args: argparse.Namespace, number: int) -> Iterator[PoolFile]:
             POOL_LABELS[number],
         )
     pools = open_dir(args, create=True)
+    pool = pools.pool(number)
     try:
-        pool = pools.pool(number)
         try:
-            pool.ensure_exists()
+            pool.ensure_exists()  # also completes a change a killed writer left in the journal
         except PermissionError:
             who = "write access" if os.geteuid() == 0 else "root"
             raise CliError(
                 f"{pool.path}: permission denied; writing a pool needs {who} (try sudo)", EXIT_IO
             ) from None
-        try:
-            yield pool
-        except OSError as exc:
-            if not exc.filename:
-                exc.filename = pool.path  # e.g. ENOSPC from a write: say which file
-            raise
+        yield pool
+    except OSError as exc:
+        if not exc.filename:
+            exc.filename = pool.path  # e.g. ENOSPC from a write: say which file
+        raise
     finally:
         pools.close()
 
