@@ -216,9 +216,30 @@ def test_list_all_pools_json_schema(pools):
         "findings": [],
     }
     assert doc["records"] == [
-        {"pool": 0, "pool_name": "external", "index": 0, "key": "HostKey", "value": "h"},
-        {"pool": 1, "pool_name": "guest", "index": 0, "key": "G1", "value": "a"},
-        {"pool": 1, "pool_name": "guest", "index": 1, "key": "G2", "value": "b\tc"},
+        {
+            "pool": 0,
+            "pool_name": "external",
+            "index": 0,
+            "key": "HostKey",
+            "value": "h",
+            "generated": False,
+        },
+        {
+            "pool": 1,
+            "pool_name": "guest",
+            "index": 0,
+            "key": "G1",
+            "value": "a",
+            "generated": False,
+        },
+        {
+            "pool": 1,
+            "pool_name": "guest",
+            "index": 1,
+            "key": "G2",
+            "value": "b\tc",
+            "generated": False,
+        },
     ]
 
 
