@@ -84,3 +84,11 @@ def count(text: str) -> int:
     if not 1 <= value <= 10**9:
         raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1000000000")
     return value
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: a whole number (the command checks its range)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
