@@ -32,6 +32,9 @@ Measured (issue #2's bar in brackets):
 
 * round trip of one request on a 10-record pool: SET (modify), GET, ENUMERATE [ours <= 1.5x C];
 * SET on a 10,000-record pool, modify and append [C/ours >= 20];
+* issue #10's scenarios, each in a fresh daemon on a fresh 10,000-record pool: DELETE from the
+  head, SET of new keys, GET of a late key [C/ours >= 20], and the daemon's peak RSS (VmHWM)
+  after each [ours <= C];
 * full host enumeration of a 10,000-record pool [C/ours >= 20; C about 27 s];
 * peak RSS (VmHWM of the daemon process) after the 10-record workload [ours <= 20 MB];
 * idle CPU time and wake-ups over 3 s, after the status write that follows the last request
@@ -41,7 +44,10 @@ Measured (issue #2's bar in brackets):
 Also printed: each daemon's own CPU time per request (``/proc/PID/task/*/schedstat``, which does
 not depend on the kernel side at all).
 
-Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--repeat N] [--json FILE]``;
+Usage: ``python3 benchmarks/bench_daemon.py [--quick] [--disk] [--watchdog] [--repeat N]
+[--json FILE]``; ``--watchdog`` adds our 10-record round trips with ``NOTIFY_SOCKET`` and
+``WATCHDOG_USEC`` set, as under systemd (bar: within 5 % of the run without);
+``--only-10k``: only issue #10's 10,000-record scenarios;
 ``--profile FILE`` runs only our daemon's workloads under cProfile and prints the top costs.
 ``--quick`` walks only 1,000 of the C daemon's 10,000 records and extrapolates linearly (each of
 its ENUMERATEs re-reads the whole file, so the cost per index is constant for a given pool).
@@ -373,6 +379,34 @@ def big_pool(
     return result
 
 
+def scale_10k(kind: str, workdir: str, python: str, sizes: Sizes) -> Dict[str, float]:
+    """Issue #10's scenarios, each on its own daemon and 10,000-record pool, so that each
+    scenario's peak RSS (VmHWM) is its own: DELETE from the head (``key-00000``,
+    ``key-00001``, ...: the C daemon shifts the whole tail each time), SET of new keys, GET of
+    the last key. A GET of the first key first makes both daemons read the file."""
+    scenarios = {
+        "delete_10k_head": [
+            p.build_key_message(p.OP_DELETE, 1, b"key-%05d" % i) for i in range(sizes.big_set)
+        ],
+        "set_10k_add": [
+            p.build_key_message(p.OP_SET, 1, b"added-%05d" % i, b"v" * 100)
+            for i in range(sizes.big_set)
+        ],
+        "get_10k_late": [p.build_key_message(p.OP_GET, 1, b"key-%05d" % (BIG - 1))]
+        * sizes.big_set,
+    }
+    result: Dict[str, float] = {}
+    for name, messages in scenarios.items():
+        daemon = Daemon(kind, os.path.join(workdir, name), python)
+        daemon.populate(1, BIG)
+        with daemon:
+            daemon.expect(p.build_key_message(p.OP_GET, 1, b"key-%05d" % (BIG // 2)))
+            put(result, name, timed(daemon, messages, check=True))
+            status = read_status(f"/proc/{daemon.pid}/status")
+            result["rss_" + name] = float(status["VmHWM"].split()[0])
+    return result
+
+
 def full_enumeration(daemon: Daemon, total: int, limit: int) -> Dict[str, float]:
     """Walk index 0, 1, ... as the host does; extrapolate linearly if stopped at ``limit``."""
     cpu0 = cpu_ns(daemon.pid)
@@ -408,6 +442,7 @@ def registration_time(kind: str, workdir: str, python: str, runs: int) -> float:
 def measure(kind: str, base: str, python: str, sizes: Sizes) -> Dict[str, float]:
     """Everything for one daemon with its pools under ``base`` (the main, tmpfs run)."""
     out: Dict[str, float] = {}
+    out.update(scale_10k(kind, os.path.join(base, f"{kind}-10k"), python, sizes))
     out.update(small_pool(kind, os.path.join(base, f"{kind}-small"), python, sizes, idle=True))
     out.update(big_pool(kind, os.path.join(base, f"{kind}-big"), python, sizes, True))
     out["registration_s"] = registration_time(
@@ -550,6 +585,14 @@ ROWS = [
     Row("set_10k_modify", "SET modify, 10,000 records", "ms", "C/ours >= 20", faster(20), True),
     Row("set_10k_append", "SET append, 10,000 records", "ms", "C/ours >= 20", faster(20), True),
     Row("enum_10k_full", "full enumeration, 10,000 records", "s", "C/ours >= 20", faster(20), True),
+    Row("delete_10k_head", "DELETE at the head, 10,000 records", "ms", "C/ours >= 20",
+        faster(20), True),
+    Row("set_10k_add", "SET of a new key, 10,000 records", "ms", "C/ours >= 20", faster(20), True),
+    Row("get_10k_late", "GET of the last key, 10,000 records", "ms", "C/ours >= 20", faster(20),
+        True),
+    Row("rss_delete_10k_head", "peak RSS, DELETE at head, 10k", "MB", "ours <= C", within(1), True),
+    Row("rss_set_10k_add", "peak RSS, SET new key, 10k", "MB", "ours <= C", within(1), True),
+    Row("rss_get_10k_late", "peak RSS, GET late key, 10k", "MB", "ours <= C", within(1), True),
     Row("rss_hwm_kb", "peak RSS (VmHWM), 10 records", "MB", "ours <= 20 MB",
         lambda o, c: o <= 20 * 1024, False),
     Row("idle_cpu_s", f"idle CPU over {IDLE_SECONDS:g} s", "ms", "zero",
@@ -616,7 +659,10 @@ def print_table(
 def print_details(ours: Dict[str, float], c: Optional[Dict[str, float]]) -> None:
     """Secondary numbers: p90s, each daemon's own CPU per request, idle details."""
     print("\ndetails (median of runs)             C daemon      pykvpd")
-    for key in ("set_10", "get_10", "enum_10", "set_10k_modify", "set_10k_append"):
+    for key in (
+        "set_10", "get_10", "enum_10", "set_10k_modify", "set_10k_append",
+        "delete_10k_head", "set_10k_add", "get_10k_late",
+    ):  # fmt: skip
         unit = "ms" if "10k" in key else "us"
         for suffix, what in (("_p90", "p90 round trip"), ("_cpu", "daemon CPU/request")):
             name = key + suffix
@@ -713,17 +759,78 @@ def profile(args: argparse.Namespace, sizes: Sizes) -> int:
 # --------------------------------------------------------------------------- main
 
 
+class NotifySocket:
+    """A service manager's notify socket for ``--watchdog``: our daemon gets NOTIFY_SOCKET and
+    WATCHDOG_USEC (30 s, the unit's WatchdogSec) in its environment, as under systemd, and the
+    messages it sends are counted (and drained, so a full queue never blocks it)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.name = f"pykvpd-bench-notify-{os.getpid()}"
+        self.sock.bind("\0" + self.name)
+        self.sock.setblocking(False)
+        self.messages: List[bytes] = []
+
+    def __enter__(self) -> NotifySocket:
+        os.environ.update(NOTIFY_SOCKET="@" + self.name, WATCHDOG_USEC="30000000")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
+            os.environ.pop(name, None)
+        self.drain()
+        self.sock.close()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096))
+            except BlockingIOError:
+                return
+
+
+def watchdog_run(workdir: str, python: str, sizes: Sizes) -> Dict[str, float]:
+    """The 10-record round trips with the watchdog armed, plus how many pings were sent."""
+    with NotifySocket() as notify:
+        result = small_pool("py", workdir, python, sizes, idle=False)
+    result["watchdog_pings"] = float(notify.messages.count(b"WATCHDOG=1"))
+    result["notify_messages"] = float(len(notify.messages))
+    return result
+
+
+def print_watchdog(ours_runs: List[Dict[str, float]], wd_runs: List[Dict[str, float]]) -> None:
+    """Per-request cost with NOTIFY_SOCKET/WATCHDOG_USEC set against without."""
+    off, on = median_of(ours_runs), median_of(wd_runs)
+    print("\nwatchdog on (NOTIFY_SOCKET, WATCHDOG_USEC=30 s) against off,"
+          f" median of {len(wd_runs)} runs")
+    print(f"{'measure':34} {'unit':4} {'off':>10} {'on':>10} {'on/off':>8}  bar")
+    for key, label in (("set_10", "SET round trip, 10 records"),
+                       ("get_10", "GET round trip, 10 records"),
+                       ("set_10_cpu", "SET daemon CPU/request"),
+                       ("get_10_cpu", "GET daemon CPU/request")):
+        if key in off and key in on:
+            ratio = on[key] / off[key]
+            verdict = "ok" if ratio <= 1.05 else "MISSED"
+            print(f"{label:34} {'us':4} {fmt('us', off[key]):>10} {fmt('us', on[key]):>10}"
+                  f" {ratio:>8.3f}  on <= 1.05x off [{verdict}]")
+    print(f"  keep-alives sent: {on.get('watchdog_pings', 0):g} "
+          f"(of {on.get('notify_messages', 0):g} notify messages) during the workload")
+
+
 def run_all(
     base: str, args: argparse.Namespace, sizes: Sizes, with_c: bool
 ) -> Tuple[List[Dict[str, float]], List[Dict[str, float]]]:
     """``--repeat`` runs of every measurement, C and ours alternating within each run."""
     ours_runs, c_runs = [], []
+    what = scale_10k if args.only_10k else measure
     for run in range(args.repeat):
         where = os.path.join(base, f"run{run}")
         if with_c:
-            c_runs.append(measure("c", where, args.python, sizes))
-        ours_runs.append(measure("py", where, args.python, sizes))
+            c_runs.append(what("c", where, args.python, sizes))
+        ours_runs.append(what("py", where, args.python, sizes))
         ours_runs[-1].update(floors(where, args.python, sizes))
+        if args.watchdog:
+            args.watchdog_runs.append(watchdog_run(os.path.join(where, "wd"), args.python, sizes))
         shutil.rmtree(where, ignore_errors=True)
         print(f"run {run + 1}/{args.repeat} done", file=sys.stderr)
     return ours_runs, c_runs
@@ -756,6 +863,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs; the table shows medians")
     parser.add_argument("--json", help="also write every run's numbers to this file")
     parser.add_argument("--no-c", action="store_true", help="measure only our daemon")
+    parser.add_argument(
+        "--watchdog", action="store_true",
+        help="also time our 10-record round trips with NOTIFY_SOCKET/WATCHDOG_USEC set",
+    )
+    parser.add_argument(
+        "--only-10k", action="store_true", help="only the 10,000-record DELETE/SET/GET scenarios"
+    )
     parser.add_argument("--python", default=sys.executable, help="interpreter for our daemon")
     parser.add_argument(
         "--cpu", type=int, help="pin this process and both daemons to this CPU (default: the last)"
@@ -768,7 +882,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         metavar="FILE",
         help="only run our daemon's workloads under cProfile, save to FILE, print the top costs",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.watchdog_runs = []
+    return args
 
 
 def pin(args: argparse.Namespace) -> str:
@@ -808,12 +924,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     title = f"bars, pools on {fs_type(args.tmpfs_dir)} ({mode}, median of {args.repeat} runs)"
     met, judged = print_table(title, ours_runs, c_runs or None)
     print_details(ours, median_of(c_runs) if c_runs else None)
+    if args.watchdog_runs:
+        print_watchdog(ours_runs, args.watchdog_runs)
     if disk is not None:
         title = f"SET round trips, pools on {fs_type(args.disk_dir)} ({args.disk_dir})"
         print_table(title, disk[0], disk[1] or None)
     print(f"\n{met} of {judged} bars met (pools on {fs_type(args.tmpfs_dir)})")
     if args.json:
-        data = {"pykvpd": ours_runs, "c": c_runs}
+        data = {"pykvpd": ours_runs, "c": c_runs, "pykvpd_watchdog": args.watchdog_runs}
         if disk is not None:
             data.update({"pykvpd_disk": disk[0], "c_disk": disk[1]})
         with open(args.json, "w") as fh:

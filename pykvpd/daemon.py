@@ -256,11 +256,15 @@ class Daemon:
         self.notifier.ready(self._status_text())
         self._update_status(force=True)
         notifier = self.notifier
+        keepalive = notifier.watchdog if notifier.watchdog_interval() is not None else None
         while not self.stopping:
             if self.reload_requested:
                 self._reload()
-            ready = self._wait(self._poll_timeout())
-            notifier.watchdog()  # rate-limited inside: one clock read per request
+            # The loop has made progress: keep-alive if one is due (one clock read otherwise).
+            timeout = keepalive() if keepalive is not None else None
+            if self._status_due is not None:
+                timeout = self._status_timeout(timeout)
+            ready = self._wait(timeout)
             if self.stopping:
                 break
             if ready:
@@ -318,13 +322,11 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
-    def _poll_timeout(self) -> Optional[float]:
-        """None (sleep until a request or signal) unless a keep-alive or status update is due."""
-        timeout = self.notifier.watchdog_due()
-        if self._status_due is not None:
-            status = max(0.0, self._status_due + STATUS_EVERY_SECONDS - time.monotonic())
-            timeout = status if timeout is None else min(timeout, status)
-        return timeout
+    def _status_timeout(self, timeout: Optional[float]) -> float:
+        """TIMEOUT shortened to when the pending status update is due."""
+        assert self._status_due is not None
+        status = max(0.0, self._status_due + STATUS_EVERY_SECONDS - time.monotonic())
+        return status if timeout is None else min(timeout, status)
 
     # ----------------------------------------------------------------- status / config
 

@@ -178,30 +178,26 @@ class Notifier:
         """Clean shutdown has begun; STATUS= in the same message, so no stale text remains."""
         self._send("STOPPING=1\nSTATUS=" + _one_line(status))
 
-    def watchdog(self) -> None:
-        """Keep-alive, sent at most once per watchdog_interval() however often it is called.
+    def watchdog(self) -> Optional[float]:
+        """Keep-alive if one is due; the seconds until the next is due (how long the serving
+        loop may sleep), or None without a watchdog.
 
-        The serving loop calls it on every wake-up while it is making progress; under load
-        that is every host request, and the check here is all that request pays.
+        Sent at most once per watchdog_interval() however often it is called: the serving loop
+        calls it on every turn while it is making progress, under load once per host request,
+        and one clock read is all that request pays.
         """
-        if self._interval is None:
-            return
+        interval = self._interval
+        if interval is None:
+            return None
         now = time.monotonic()
-        if now < self._next_ping:
-            return
-        self._next_ping = now + self._interval
-        self._send("WATCHDOG=1")
+        if now >= self._next_ping:
+            self._next_ping = now + interval
+            self._send("WATCHDOG=1")
+        return self._next_ping - now
 
     def watchdog_interval(self) -> Optional[float]:
         """Seconds between keep-alives (half of WATCHDOG_USEC), or None if no watchdog is armed."""
         return self._interval
-
-    def watchdog_due(self) -> Optional[float]:
-        """Seconds until the next keep-alive is due (0 when it is), or None without a watchdog:
-        how long the serving loop may sleep."""
-        if self._interval is None:
-            return None
-        return max(0.0, self._next_ping - time.monotonic())
 
     def close(self) -> None:
         if self._sock is not None:

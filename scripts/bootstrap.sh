@@ -15,7 +15,9 @@ base_pkgs=(gcc python3 python3-dev python3-venv linux-libc-dev libsystemd-dev pk
 test_pkgs=(hyperv-daemons iproute2 util-linux systemd udev procps
            dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools
            python3-wheel python3-cffi python3-systemd
-           systemd-container mmdebstrap)  # the last two: tests/test_systemd_real.py
+           systemd-container mmdebstrap  # real-systemd and real-network-stack containers, and
+                                         # the Debian 11 root file system of scripts/test-py39.sh
+           dnsmasq-base)  # the DHCP server on the test's side of the veth (test_netstack_real.py)
 
 apt_install() {
     local missing=()

@@ -200,7 +200,9 @@ class KvpPeer:
             daemon = ["env", f"LD_PRELOAD={preload_library()}", f"HVKVP_SOCKET={self.socket_path}"]
             daemon += [C_DAEMON, "-n"]
         else:
-            daemon = [self.python, "-m", "pykvpd", "-n", "--device", self.socket_path]
+            # under the C daemon's name, as the unit starts it (no re-exec to get that name)
+            daemon = [self.python, "-m", "pykvpd.hv_kvp_daemon", "-n", "--device",
+                      self.socket_path]
             daemon += ["--config", os.path.join(self.workdir, "no-such-pykvpd.conf")]
             daemon += ["--status-file", os.path.join(self.workdir, f"{self.kind}-status.json")]
             if not self.namespace:

@@ -1,9 +1,10 @@
 """Crash test: SIGKILL our daemon at random moments during a stream of host SET/DELETE.
 
 A pool of hundreds and one of thousands of records get a stream of modifies (random value
-lengths), appends and deletes at random positions; a timer kills the daemon (SIGKILL) after a
-random delay, the daemon is restarted, and so on, a few hundred times with fixed seeds. After
-every kill:
+lengths), appends and deletes at random positions, and two pools of 10,000 records a stream that
+is mostly or almost only DELETEs (each moves the last record into the freed slot). A timer
+kills the daemon (SIGKILL) after a random delay, the daemon is restarted, and so on, a few
+hundred times with fixed seeds. After every kill:
 
 * after the restart (the daemon first completes a change a kill interrupted, from its journal):
   the pool holds exactly the acknowledged state (every change whose reply reached the kernel),
@@ -51,16 +52,15 @@ def random_value(rng: random.Random) -> bytes:
     return b"v" * rng.choice((0, 1, 10, 100, 1000, 2047))
 
 
-def next_op(model: Model, rng: random.Random, counter: List[int]) -> Op:
+def next_op(model: Model, rng: random.Random, counter: List[int], deletes: float = 0.25) -> Op:
+    """A modify, an append or (with probability ``deletes``) a DELETE of a random key."""
     roll = rng.random()
-    if not model:  # only after a C daemon emptied the pool
-        roll = 0.6
-    if roll < 0.5:
+    if model and roll >= 1 - deletes and len(model) >= 50:
+        return ("delete", rng.choice(list(model)), b"")
+    if model and roll < (1 - deletes) * 2 / 3:  # (empty only after a C daemon emptied it)
         return ("set", rng.choice(list(model)), random_value(rng))
-    if roll < 0.75 or len(model) < 50:
-        counter[0] += 1
-        return ("set", b"new-%06d" % counter[0], random_value(rng))
-    return ("delete", rng.choice(list(model)), b"")
+    counter[0] += 1
+    return ("set", b"new-%06d" % counter[0], random_value(rng))
 
 
 def apply(model: Model, op: Op) -> Model:
@@ -100,7 +100,13 @@ def file_state(data: bytes) -> Tuple[Model, List[str], int]:
 
 
 def stream_until_killed(
-    peer: KvpPeer, pool: int, model: Model, rng: random.Random, counter: List[int], delay: float
+    peer: KvpPeer,
+    pool: int,
+    model: Model,
+    rng: random.Random,
+    counter: List[int],
+    delay: float,
+    deletes: float,
 ) -> Tuple[Model, Optional[Op], int]:
     """Send changes until the daemon is killed ``delay`` s from now.
 
@@ -121,7 +127,7 @@ def stream_until_killed(
     acked = 0
     try:
         while not killed.is_set():
-            op = next_op(model, rng, counter)
+            op = next_op(model, rng, counter, deletes)
             try:
                 reply = peer.transact(message(pool, op), timeout=REQUEST_TIMEOUT)
             except KernelError:
@@ -137,7 +143,13 @@ def stream_until_killed(
 
 
 def run_kills(
-    peer: KvpPeer, pool: int, records: int, kills: int, max_delay: float, seed: int
+    peer: KvpPeer,
+    pool: int,
+    records: int,
+    kills: int,
+    max_delay: float,
+    seed: int,
+    deletes: float = 0.25,
 ) -> Dict[str, int]:
     rng = random.Random(seed)
     model: Model = dict(initial_records(records, rng))
@@ -154,7 +166,9 @@ def run_kills(
     try:
         for kill in range(kills):
             delay = rng.uniform(0, max_delay)
-            model, in_flight, acked = stream_until_killed(peer, pool, model, rng, counter, delay)
+            model, in_flight, acked = stream_until_killed(
+                peer, pool, model, rng, counter, delay, deletes
+            )
             stats["kills"] += 1
             stats["acked"] += acked
             # Right after the kill, before anything recovers: what readers that do not know our
@@ -194,16 +208,20 @@ def run_kills(
 
 
 @pytest.mark.parametrize(
-    "pool, records, kills, max_delay, seed",
+    "pool, records, kills, max_delay, seed, deletes",
     [
-        (0, 300, 170, 0.030, 1),
-        (1, 3000, 110, 0.060, 2),
+        (0, 300, 170, 0.030, 1, 0.25),
+        (1, 3000, 110, 0.060, 2, 0.25),
+        (1, 10_000, 30, 0.060, 4, 0.7),
+        (3, 10_000, 20, 0.040, 5, 0.95),
     ],
-    ids=["hundreds", "thousands"],
+    ids=["hundreds", "thousands", "ten-thousand-delete-heavy", "ten-thousand-deletes"],
 )
-def test_kill_during_writes(tmp_path, pool, records, kills, max_delay, seed):
+def test_kill_during_writes(tmp_path, pool, records, kills, max_delay, seed, deletes):
     started = time.monotonic()
-    stats = run_kills(KvpPeer.py(str(tmp_path)), pool, records, kills, max_delay, seed)
+    stats = run_kills(
+        KvpPeer.py(str(tmp_path)), pool, records, kills, max_delay, seed, deletes
+    )
     assert stats["kills"] == kills
     # The kills must land among the writes, not only between them.
     assert stats["in_flight_applied"] + stats["in_flight_not_applied"] >= kills // 4, stats

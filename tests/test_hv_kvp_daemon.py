@@ -2,8 +2,8 @@
 
 WALinuxAgent 2.7.3's ``RDMAHandler.is_kvp_daemon_running()`` runs ``ps -ef`` and returns True
 when the text ``hv_kvp_daemon`` or ``hypervkvpd`` occurs anywhere in its output (facts from its
-documented behaviour, re-stated here in our own code as ``waagent_sees_kvp_daemon``). The real
-systemd test applies the same check to the daemon the shipped unit starts.
+documented behaviour, re-stated in our own code as ``systemd_guest.waagent_sees_kvp_daemon``).
+The real-systemd test applies the same check to the daemon the shipped unit starts.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import sys
 import time
 import types
 
+from systemd_guest import waagent_sees_kvp_daemon
+
 from pykvpd import hv_kvp_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def waagent_sees_kvp_daemon(ps_ef_output: str) -> bool:
-    """WALinuxAgent 2.7.3's test: either name anywhere in the ps -ef text."""
-    return any(name in ps_ef_output for name in ("hv_kvp_daemon", "hypervkvpd"))
 
 
 def ps_ef() -> str:

@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pykvpd.netconfig import NetConfig
+from pykvpd.netconfig.dhcpstate import builtin_dhcp as dhcp_of_link
 from pykvpd.netconfig.inject import InvalidRequest, parse_prefix, parse_request, write_atomic
 from pykvpd.netconfig.ipinfo import (
     LIMIT_GATE_WAY,
     LIMIT_IP_ADDR,
     Interface,
-    builtin_dhcp,
     builtin_dns,
     format_reply,
     server_address,
@@ -100,6 +100,10 @@ def iface(*addresses: Address, name: str = "eth0", index: int = 2) -> Interface:
     return Interface(name, index, list(addresses), [])
 
 
+def builtin_dhcp(link: Interface, mac, etc: str, run: str) -> bool:
+    return dhcp_of_link(link.name, link.index, link.addresses, mac, etc, run)
+
+
 def test_builtin_dhcp_sources(tmp_path):
     etc, run = tmp_path / "etc", tmp_path / "run"
     static, dynamic = a("10.0.0.5/24"), a("10.0.0.5/24", permanent=False)
@@ -129,12 +133,41 @@ def test_builtin_dhcp_sources(tmp_path):
 
     nm = etc / "NetworkManager" / "system-connections"
     nm.mkdir(parents=True)
+    (run / "NetworkManager").mkdir()  # running (no systemd here: its /run directory says so)
     (nm / "other.nmconnection").write_text("[connection]\ninterface-name=eth1\n[ipv4]\n"
                                             "method=auto\n")
     (nm / "by-mac.nmconnection").write_text("[ethernet]\nmac-address=00:15:5d:01:02:03\n"
                                              "[ipv4]\nmethod=manual\n")
     assert builtin_dhcp(iface(static), "00:15:5D:01:02:03", str(etc), str(run)) is False
     assert builtin_dhcp(iface(static, name="eth1"), None, str(etc), str(run)) is True
+
+
+def test_networkmanager_dhcp_verdict_follows_the_active_profile(tmp_path):
+    """Issue 13 fix 2: eth0.nmconnection (auto) sorts first, hyperv-eth0 (manual) is active."""
+    etc, run = tmp_path / "etc", tmp_path / "run"
+    nm = etc / "NetworkManager" / "system-connections"
+    nm.mkdir(parents=True)
+    (nm / "eth0.nmconnection").write_text(
+        "[connection]\nid=eth0\nuuid=11111111-1111-4111-8111-111111111111\n"
+        "interface-name=eth0\n[ipv4]\nmethod=auto\n")
+    (nm / "hyperv-eth0.nmconnection").write_text(
+        "[connection]\nid=hyperv-eth0\nuuid=22222222-2222-4222-8222-222222222222\n"
+        "interface-name=eth0\nautoconnect-priority=50\n[ipv4]\nmethod=manual\n"
+        "address1=192.0.2.5/24\n")
+    devices = run / "NetworkManager" / "devices"
+    devices.mkdir(parents=True)
+    dynamic = a("192.0.2.5/24", permanent=False)
+    # Not activated yet: the profile NetworkManager would pick (highest priority) decides.
+    assert builtin_dhcp(iface(dynamic), None, str(etc), str(run)) is False
+    (devices / "2").write_text("[device]\nmanaged=true\n"
+                               "connection-uuid=22222222-2222-4222-8222-222222222222\n")
+    assert builtin_dhcp(iface(dynamic), None, str(etc), str(run)) is False
+    (devices / "2").write_text("[device]\nmanaged=true\n"
+                               "connection-uuid=11111111-1111-4111-8111-111111111111\n")
+    assert builtin_dhcp(iface(a("192.0.2.5/24")), None, str(etc), str(run)) is True
+    # Stopped under systemd (its /run directory stays behind): NetworkManager has no say.
+    (run / "systemd" / "units").mkdir(parents=True)
+    assert builtin_dhcp(iface(a("192.0.2.5/24")), None, str(etc), str(run)) is False
 
 
 # --------------------------------------------------------------------------- names and ids
@@ -170,6 +203,27 @@ def test_valid_ifname(name, ok):
 ])
 def test_parse_prefix(text, version, prefix):
     assert parse_prefix(text, version) == prefix
+
+
+@pytest.mark.parametrize("text", ["010.0.0.5", "10.0.0.05", "10.00.0.5", "::ffff:010.0.0.5"])
+def test_ipv4_octet_with_leading_zero_is_invalid_on_every_python(text):
+    """CPython before 3.9.5 (Debian 11's 3.9.2) reads '010' as decimal 10, inet_aton as octal 8."""
+    info = IpInfo(GUID, 1, 0, text, "24", "10.0.0.1", "10.0.0.2")
+    with pytest.raises(InvalidRequest, match="is not an IP address"):
+        parse_request(info)
+    with pytest.raises(InvalidRequest, match="is not an IP address"):
+        parse_request(info._replace(ip_addr="10.0.0.5", gate_way=text))
+
+
+@pytest.mark.parametrize("text", ["255.255.255.00", "255.255.0255.0"])
+def test_ipv4_netmask_with_leading_zero_is_invalid(text):
+    with pytest.raises(InvalidRequest, match="no IPv4 prefix or netmask"):
+        parse_prefix(text, 4)
+
+
+def test_ipv6_hextets_may_have_leading_zeros():
+    info = IpInfo(GUID, 2, 0, "2001:0db8:0000::0005", "64", "", "")
+    assert str(parse_request(info).addresses[0].address) == "2001:db8::5"
 
 
 def test_write_atomic_refuses_path_names(tmp_path):

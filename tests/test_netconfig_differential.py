@@ -11,6 +11,7 @@ drift silently.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, List, Sequence
 
 import pytest
@@ -98,6 +99,19 @@ def compare_set(requests: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 # --------------------------------------------------------------------------- GET_IP_INFO
 
+# Debian 11's hyperv-daemons ships no hv_get_dns_info (Debian 12's does).
+DNS_HELPER_INSTALLED = os.access(os.path.join(HELPERS, "hv_get_dns_info"), os.X_OK)
+
+
+def assert_same_answer(ours: List[Any], c: List[Any]) -> None:
+    """[status, reply] equal, but for the documented "DNS without helper" row of
+    docs/compatibility.md: without the distro's DNS helper the C daemon reports no servers, ours
+    reports the built-in ones."""
+    if not DNS_HELPER_INSTALLED and ours[1] is not None and c[1] is not None:
+        assert c[1]["dns_addr"] == ""
+        ours = [ours[0], dict(ours[1], dns_addr="")]
+    assert ours == c
+
 
 def test_get_identical_for_a_dual_stack_nic():
     setup = veth("eth0", "peer0", MAC) + addr("eth0", "10.0.0.5/24") + addr("eth0", "10.0.1.7/16")
@@ -106,8 +120,8 @@ def test_get_identical_for_a_dual_stack_nic():
                                                          "dev", "eth0")
     [result] = compare_get(setup, [MAC])
     assert result["c"][0] == result["py"][0] == HV_S_OK
-    assert result["py"][1] == result["c"][1]
-    assert result["daemon"] == result["c"]  # the same through our daemon and the wire codec
+    assert_same_answer(result["py"], result["c"])
+    assert result["daemon"] == result["py"]  # the same through our daemon and the wire codec
     assert result["py"][1]["ip_addr"] == "10.0.0.5;10.0.1.7;2001:db8::5;fe80::215:5dff:fe01:203"
 
 
@@ -119,7 +133,7 @@ def test_get_identical_for_ipv4_only_ipv6_only_and_no_address():
     results = compare_get(setup, [MAC, MAC2, "00:15:5D:0A:0B:0D", "00:15:5D:FF:FF:FF"])
     for result in results[:3]:
         assert result["c"][0] == result["py"][0] == HV_S_OK
-        assert result["py"][1] == result["c"][1]
+        assert_same_answer(result["py"], result["c"])
     assert results[3]["c"] == results[3]["py"] == [HV_E_FAIL, None]
 
 

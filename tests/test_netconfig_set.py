@@ -327,8 +327,16 @@ def test_no_backend_is_hv_e_fail_after_the_state_files(env):
 # --------------------------------------------------------------------------- built-in backends
 
 
+def nm_running(env: Env, running: bool = True) -> None:
+    """NetworkManager's /run directory, and systemd's link for the unit while it is active."""
+    (env.run / "NetworkManager").mkdir(exist_ok=True)
+    (env.run / "systemd" / "units").mkdir(parents=True, exist_ok=True)
+    if running:
+        (env.run / "systemd" / "units" / "invocation:NetworkManager.service").symlink_to("0123")
+
+
 def test_networkmanager_backend(env, monkeypatch):
-    (env.run / "NetworkManager").mkdir()
+    nm_running(env)
     env.standin("nmcli")
     connections = env.etc / "NetworkManager" / "system-connections"
     monkeypatch.setenv("STANDIN_WATCH", str(connections))
@@ -347,11 +355,23 @@ def test_networkmanager_backend(env, monkeypatch):
 
 
 def test_networkmanager_failure_is_hv_e_fail(env):
-    (env.run / "NetworkManager").mkdir()
+    nm_running(env)
     env.standin("nmcli")
     env.fail("nmcli", 4)
     assert env.netconfig().set_ip_info(spec_request()) == HV_E_FAIL
     assert len(env.calls()) == 1  # stopped after the failing load
+
+
+def test_stopped_networkmanager_leaves_run_behind_and_networkd_is_used(env):
+    """Found against the real stacks: /run/NetworkManager outlives NetworkManager."""
+    nm_running(env, running=False)
+    links = env.run / "systemd" / "netif" / "links"
+    links.mkdir(parents=True)
+    (links / "2").write_text("ADMIN_STATE=configured\n")
+    env.standin("nmcli")
+    env.standin("networkctl")
+    assert env.netconfig().set_ip_info(spec_request()) == HV_S_OK
+    assert [c[0] for c in env.calls()] == ["networkctl", "networkctl"]
 
 
 def test_networkd_backend(env, monkeypatch):
@@ -363,7 +383,7 @@ def test_networkd_backend(env, monkeypatch):
     monkeypatch.setenv("STANDIN_WATCH", str(network))
     assert env.netconfig().set_ip_info(spec_request()) == HV_S_OK
     path = network / "05-pykvpd-eth0.network"
-    assert mode(path) == 0o600
+    assert mode(path) == 0o644  # networkd reads it as systemd-network (issue 13 fix 1)
     assert path.read_text().splitlines()[1:] == [
         "[Match]", "Name=eth0", "MACAddress=00:15:5d:01:02:03", "", "[Network]", "DHCP=no",
         "Address=10.0.0.5/24", "Address=2001:db8::5/64", "Gateway=10.0.0.1", "DNS=10.0.0.2"]
@@ -372,6 +392,7 @@ def test_networkd_backend(env, monkeypatch):
 
 
 def test_networkmanager_not_managing_the_link_falls_through_to_networkd(env):
+    nm_running(env)
     (env.run / "NetworkManager" / "devices").mkdir(parents=True)
     (env.run / "NetworkManager" / "devices" / "2").write_text("[device]\nmanaged=false\n")
     links = env.run / "systemd" / "netif" / "links"
@@ -385,20 +406,40 @@ def test_networkmanager_not_managing_the_link_falls_through_to_networkd(env):
     assert "DHCP=ipv4\n" in text
 
 
-def test_ifupdown_backend_order_and_file(env, monkeypatch):
-    (env.etc / "network").mkdir()
+def ifupdown_env(env: Env, resolvconf: bool = True) -> None:
+    """ifupdown with stand-ins for ifup/ifdown and for systemd's systemctl/systemd-run."""
+    (env.etc / "network" / "if-up.d").mkdir(parents=True)
     (env.etc / "network" / "interfaces").write_text("source /etc/network/interfaces.d/*\n")
-    env.standin("ifup")
-    env.standin("ifdown")
-    env.fail("ifdown", 1)  # not configured before: tolerated
+    if resolvconf:
+        hook = env.etc / "network" / "if-up.d" / "000resolvconf"
+        hook.write_text("#!/bin/sh\n")
+        hook.chmod(0o755)
+    for name in ("ifup", "ifdown", "systemctl", "systemd-run"):
+        env.standin(name)
+
+
+def test_ifupdown_backend_hands_ifup_to_a_systemd_unit(env, monkeypatch):
+    """Issue 13 fixes 4 and 5: ifdown/ifup run in units of their own, never in our process tree;
+    the fragment is written between the old configuration's ifdown and the new one's ifup."""
+    ifupdown_env(env)
+    env.fail("systemctl", 5)  # unit not loaded: nothing was up through us before; tolerated
     fragments = env.etc / "network" / "interfaces.d"
     monkeypatch.setenv("STANDIN_WATCH", str(fragments))
     request = spec_request(ip_addr="10.0.0.5;10.0.0.6;2001:db8::5", sub_net="24;24;64",
                            gate_way="10.0.0.1;2001:db8::1", dns_addr="10.0.0.2;2001:db8::53")
     assert env.netconfig().set_ip_info(request) == HV_S_OK
-    assert env.calls() == [["ifdown", "eth0", []], ["ifup", "eth0", ["eth0"]]]
+    ifup, ifdown = str(env.bin / "ifup"), str(env.bin / "ifdown")
+    run_unit = ["systemd-run", "--quiet", "--collect", "--service-type=oneshot"]
+    assert env.calls() == [
+        ["systemctl", "stop", "pykvpd-ifup-eth0.service", []],
+        run_unit + ["--wait", "--description=ifdown eth0 (pykvpd)", ifdown, "eth0", []],
+        run_unit + ["--unit=pykvpd-ifup-eth0.service", "--remain-after-exit",
+                    "--description=ifup eth0 (pykvpd SET_IP_INFO)",
+                    "--property=TimeoutStartSec=4", f"--property=ExecStop={ifdown} eth0",
+                    ifup, "eth0", ["eth0"]],
+    ]
     path = fragments / "eth0"
-    assert mode(path) == 0o600
+    assert mode(path) == 0o644
     assert path.read_text().splitlines()[1:] == [
         "auto eth0",
         "iface eth0 inet static", "    address 10.0.0.5/24", "    gateway 10.0.0.1",
@@ -407,16 +448,36 @@ def test_ifupdown_backend_order_and_file(env, monkeypatch):
         "iface eth0 inet6 static", "    address 2001:db8::5/64", "    gateway 2001:db8::1"]
 
 
+def test_ifupdown_unit_name_is_escaped_for_odd_interface_names(env):
+    from pykvpd.netconfig.ifupdown import unit_name
+    assert unit_name("eth0") == "pykvpd-ifup-eth0.service"
+    assert unit_name("e+x@1") == "pykvpd-ifup-e\\x2bx\\x401.service"
+
+
 def test_ifupdown_ifup_failure_is_hv_e_fail(env):
-    (env.etc / "network").mkdir()
-    (env.etc / "network" / "interfaces").write_text("")
-    env.standin("ifup")
-    env.standin("ifdown")
-    env.fail("ifup", 1)
+    ifupdown_env(env)
+    env.fail("systemd-run", 1)
     assert env.netconfig().set_ip_info(spec_request(dhcp_enabled=1, ip_addr="", sub_net="",
                                                     gate_way="", dns_addr="")) == HV_E_FAIL
     assert (env.etc / "network" / "interfaces.d" / "eth0").read_text().splitlines()[1:] == [
         "auto eth0", "iface eth0 inet dhcp"]
+
+
+def test_ifupdown_without_resolvconf_refuses_dns_and_changes_nothing(env):
+    """Issue 13 fix 3: dns-nameservers needs resolvconf or an enabled systemd-resolved."""
+    ifupdown_env(env, resolvconf=False)
+    hook = env.etc / "network" / "if-up.d" / "resolved"
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    env.fail("systemctl", 1)  # is-enabled systemd-resolved: masked or disabled
+    assert env.netconfig().set_ip_info(spec_request()) == HV_E_FAIL
+    assert env.calls() == [["systemctl", "is-enabled", "--quiet", "systemd-resolved", []]]
+    assert not (env.etc / "network" / "interfaces.d").exists()
+    # Without DNS servers the same system is fine; with resolved enabled, DNS is fine too.
+    assert env.netconfig().set_ip_info(spec_request(dns_addr="")) == HV_S_OK
+    (env.root / "status" / "systemctl").unlink()
+    assert env.netconfig().set_ip_info(spec_request()) == HV_S_OK
+    assert "dns-nameservers 10.0.0.2" in (env.etc / "network" / "interfaces.d" / "eth0").read_text()
 
 
 def test_hostile_strings_reach_commands_only_as_single_argv_elements(env):

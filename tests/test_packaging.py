@@ -16,6 +16,9 @@ import textwrap
 import pytest
 from debbuild import ROOT, DebBuildUnavailable, build_deb, system_env
 
+pytestmark = pytest.mark.main_run_only(
+    reason="debian/ builds for Debian 12 (pybuild-plugin-pyproject); Debian 11 has no such plugin"
+)
 ALIASES = ("hv-kvp-daemon.service", "hypervkvpd.service", "hv_kvp_daemon.service")
 C_UNIT = "/lib/systemd/system/hv-kvp-daemon.service"
 

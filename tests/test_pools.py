@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -24,8 +24,6 @@ from pykvpd.store import (
     RecordTooLarge,
 )
 from pykvpd.store import journal as J
-from pykvpd.store import poolfile as poolfile_module
-from pykvpd.store.files import read_all
 
 RS = 2560
 
@@ -250,15 +248,119 @@ def test_duplicates_first_match_wins(pf, pool_path):
         (b"k", b"second"),
     ]
     assert pf.delete("k") is True
-    assert pool_path.read_bytes() == R(b"x", b"0") + R(b"k", b"second")
+    # The last record moves into the freed slot: it is the next "k", so it stays the first.
+    assert pool_path.read_bytes() == R(b"k", b"second") + R(b"x", b"0")
     assert pf.get("k") == b"second"
+
+
+def test_delete_never_moves_a_duplicate_in_front_of_its_key(pf, pool_path):
+    """The last record is a later "k": moved into slot 0 it would jump the other later "k"s.
+    Each "k" after the freed slot moves up into the previous one's place instead."""
+    write(pool_path, R(b"a", b"") + R(b"k", b"1") + R(b"b", b"") + R(b"k", b"2") + R(b"k", b"3"))
+    assert pf.delete("a") is True
+    assert pool_path.read_bytes() == R(b"k", b"1") + R(b"k", b"2") + R(b"b", b"") + R(b"k", b"3")
+    assert [pf.get("k"), pf.delete("k"), pf.get("k"), pf.delete("k"), pf.get("k")] == [
+        b"1", True, b"2", True, b"3"
+    ]
+    assert pf.delete("k") is True and pf.get("k") is None
+    assert pool_path.read_bytes() == R(b"b", b"")
+
+
+def _model_set(model: List[Tuple[bytes, bytes]], key: bytes, value: bytes) -> None:
+    for i, (k, _v) in enumerate(model):
+        if k == key:
+            model[i] = (key, value)
+            return
+    model.append((key, value))
+
+
+def _model_delete(model: List[Tuple[bytes, bytes]], key: bytes) -> None:
+    for i, (k, _v) in enumerate(model):
+        if k == key:
+            del model[i]
+            return
+
+
+def _per_key(records) -> dict:
+    """Each key's values in file order: all that first-match-wins readers can ever tell apart."""
+    out: dict = {}
+    for key, value in records:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_changes_keep_every_keys_record_order(pf, pool_path, seed):
+    """Against a model that shifts on DELETE (the C daemon's order): the same records, and for
+    every key the same values in the same order, after every change; GET agrees."""
+    import random
+
+    rng = random.Random(seed)
+    keys = [b"k%d" % i for i in range(6)]
+    model = [(rng.choice(keys), b"v%d" % i) for i in range(30)]  # a foreign writer's duplicates
+    write(pool_path, b"".join(R(k, v) for k, v in model))
+    for step in range(300):
+        key = rng.choice(keys)
+        if rng.random() < 0.5:
+            assert pf.delete(key) == any(k == key for k, _ in model)
+            _model_delete(model, key)
+        else:
+            value = b"s%d" % step
+            pf.set(key, value)
+            _model_set(model, key, value)
+        data = pool_path.read_bytes()
+        on_disk = [(r.key, r.value) for r in P.decode_pool(data).records]
+        assert _per_key(on_disk) == _per_key(model), step
+        assert sorted(on_disk) == sorted(model)
+        for k in keys:
+            assert pf.get(k) == next((v for kk, v in model if kk == k), None)
+    assert sorted(pairs(pf.valid_records())) == sorted(model)
+
+
+def test_delete_writes_one_record_whatever_the_pool_size(pf, pool_path, monkeypatch):
+    """A DELETE at the head of 10,000 records journals and writes one record and a cut."""
+    write(pool_path, b"".join(R(b"key-%05d" % i, b"v" * 100) for i in range(10_000)))
+    assert pf.get("key-00000") == b"v" * 100
+    seen = []
+    real = J.encode_journal
+    monkeypatch.setattr(J, "encode_journal", lambda *args: seen.append(args) or real(*args))
+    assert pf.delete("key-00000") is True
+    [(before, after, writes)] = seen
+    assert (before, after) == (10_000 * RS, 9_999 * RS)
+    assert [(offset, len(new), len(old)) for offset, new, old in writes] == [
+        (0, RS, RS),  # key-09999 into slot 0, over the deleted record
+        (9_999 * RS, 0, RS),  # the cut, to recognise an interrupted truncation
+    ]
+    with open(pool_path, "rb") as f:
+        assert f.read(RS) == R(b"key-09999", b"v" * 100)
+    assert pf.get("key-09999") == b"v" * 100 and pf.get("key-00000") is None
+
+
+def test_index_of_a_large_pool_holds_no_values(tmp_path: Path):
+    """Loading 10,000 records of 2 KB values (25 MB of file) allocates a few MB at most."""
+    import tracemalloc
+
+    path = tmp_path / ".kvp_pool_1"
+    with open(path, "wb") as f:
+        for i in range(10_000):
+            f.write(R(b"key-%05d" % i, b"v" * 2000))
+    pool = PoolFile(str(path))
+    tracemalloc.start()
+    try:
+        assert pool.get("key-09999") == b"v" * 2000
+        assert pool.enumerate(9_999) == Record(b"key-09999", b"v" * 2000)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        pool.close()
+    assert peak < 4 * 1024 * 1024, peak
 
 
 @pytest.mark.parametrize(
     "victim,rest",
-    [(b"a", [b"b", b"c", b"d"]), (b"b", [b"a", b"c", b"d"]), (b"d", [b"a", b"b", b"c"])],
+    [(b"a", [b"d", b"b", b"c"]), (b"b", [b"a", b"d", b"c"]), (b"d", [b"a", b"b", b"c"])],
 )
-def test_delete_keeps_order_of_the_rest(pf, pool_path, victim, rest):
+def test_delete_moves_the_last_record_into_the_freed_slot(pf, pool_path, victim, rest):
     for key in (b"a", b"b", b"c", b"d"):
         pf.set(key, key.upper() * 3)
     ino = os.stat(pool_path).st_ino
@@ -508,9 +610,9 @@ def test_journal_records_old_bytes_of_each_write(pf, pool_path, monkeypatch):
     real = J.encode_journal
     monkeypatch.setattr(J, "encode_journal", lambda *args: seen.append(args) or real(*args))
     pf.delete("a")
-    shifted = (0, R(b"b", b"2") + R(b"c", b"3"), R(b"a", b"1") + R(b"b", b"2"))
+    moved = (0, R(b"c", b"3"), R(b"a", b"1"))  # the last record into the freed slot
     cut = (2 * RS, b"", R(b"c", b"3"))  # what the truncation removes, to recognise it later
-    assert seen == [(3 * RS, 2 * RS, [shifted, cut])]
+    assert seen == [(3 * RS, 2 * RS, [moved, cut])]
     seen.clear()
     pf.set("n", "4")
     assert seen == [(2 * RS, 3 * RS, [(2 * RS, R(b"n", b"4"), b"")])]
@@ -621,8 +723,8 @@ def test_watched_pool_uses_its_cache_until_a_change(tmp_path: Path, monkeypatch)
     pool = pools.pool(1)
     assert pool.get("k") == b"1"
     reads: List[int] = []
-    real = read_all
-    monkeypatch.setattr(poolfile_module, "read_all", lambda fd, p: reads.append(fd) or real(fd, p))
+    real = PoolFile._reload
+    monkeypatch.setattr(PoolFile, "_reload", lambda self, fd: reads.append(fd) or real(self, fd))
     for _ in range(3):
         assert pool.get("k") == b"1"
         assert pool.enumerate(0) == Record(b"k", b"1")
@@ -691,6 +793,22 @@ def test_partial_trailing_record_served_and_padded_on_append(pf, pool_path, capl
     assert pf.get("b") == b"2"
 
 
+def test_undecodable_partial_record_is_saved_aside_not_padded(pf, pool_path, caplog):
+    """100 bytes of 0xff padded would be a record no strict reader can decode: its bytes go to
+    a file beside the pool (logged), and the new record takes its place."""
+    tail = b"\xff" * 100
+    write(pool_path, R(b"a", b"1") + tail)
+    with caplog.at_level(logging.WARNING, logger="pykvpd.store"):
+        assert pf.set("b", "2") is True
+    assert pool_path.read_bytes() == R(b"a", b"1") + R(b"b", b"2")
+    [saved] = [p for p in pool_path.parent.iterdir() if p.name.startswith(".pykvpd-partial-")]
+    assert saved.name.startswith(".pykvpd-partial-kvp_pool_1-")
+    assert saved.read_bytes() == tail
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert str(saved) in caplog.text and "100 bytes" in caplog.text
+    assert pf.valid_records() == [Record(b"a", b"1"), Record(b"b", b"2")]
+
+
 def test_partial_trailing_record_kept_by_delete(pf, pool_path):
     tail = b"partial"
     write(pool_path, R(b"a", b"1") + R(b"b", b"2") + tail)
@@ -724,10 +842,12 @@ def test_key_without_nul_never_matched_nor_enumerated_nor_rewritten(pf, pool_pat
     assert pf.set("c", "3") is True
     assert pf.set("b", "22") is False
     assert pool_path.read_bytes() == R(b"a", b"1") + bad + R(b"b", b"22") + R(b"c", b"3")
-    assert pf.delete("a") is True  # shifts the damaged record but keeps its bytes
-    assert pool_path.read_bytes() == bad + R(b"b", b"22") + R(b"c", b"3")
+    assert pf.delete("a") is True  # the last record fills the slot; the damaged one stays
+    assert pool_path.read_bytes() == R(b"c", b"3") + bad + R(b"b", b"22")
     assert pf.delete("b") is True
-    assert pool_path.read_bytes() == bad + R(b"c", b"3")
+    assert pool_path.read_bytes() == R(b"c", b"3") + bad
+    assert pf.delete("c") is True  # the damaged record moves, bytes unchanged
+    assert pool_path.read_bytes() == bad
 
 
 def test_invalid_utf8_and_unterminated_value_skipped_by_enumerate(pf, pool_path):

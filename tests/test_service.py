@@ -73,14 +73,14 @@ def test_watchdog_pings_at_most_once_per_interval_over_one_socket(notify_socket,
     monkeypatch.setattr(service.socket, "socket", counting_socket)
     notifier = service.Notifier({"NOTIFY_SOCKET": os.environ["NOTIFY_SOCKET"],
                                  "WATCHDOG_USEC": "30000000"})
-    assert notifier.watchdog_due() == 0.0
+    assert notifier.watchdog() == 15.0  # sent at once, next one due in 15 s
     for _ in range(1000):  # 1000 requests within the first second
-        notifier.watchdog()
         clock[0] += 0.001
-    assert notifier.watchdog_due() == pytest.approx(14.0)
+        notifier.watchdog()
+    assert notifier.watchdog() == pytest.approx(14.0)
     clock[0] = 1015.0  # half of WatchdogSec=30 after the first ping
-    notifier.watchdog()
-    notifier.watchdog()
+    assert notifier.watchdog() == 15.0
+    assert notifier.watchdog() == 15.0
     notifier.status("s")
     sock.settimeout(0.2)
     got = []
@@ -95,8 +95,7 @@ def test_watchdog_pings_at_most_once_per_interval_over_one_socket(notify_socket,
 def test_watchdog_off_without_usec(notify_socket):
     sock, _ = notify_socket
     notifier = service.Notifier()
-    assert notifier.watchdog_due() is None
-    notifier.watchdog()
+    assert notifier.watchdog() is None
     notifier.status("only this")
     assert sock.recv(4096) == b"STATUS=only this"
 

@@ -1,35 +1,23 @@
-"""The package as users get it, under a real systemd 252 as PID 1 (systemd-nspawn).
+"""The package as users get it, under a real systemd 252 as PID 1 (systemd-nspawn): readiness,
+host operations, journal, ps -ef name, hardening, aliases, reload, enable/disable while
+running, watchdog, kill -9, and a device node that appears during --wait-device.
 
-The .deb built from debian/ is installed with dpkg into a booted Debian 12 container. The
-shipped unit runs unchanged except ``ConditionVirtualization=`` cleared (a drop-in: the
-container is not a Hyper-V guest). ``pykvpd simulate --serve /dev/vmbus/hv_kvp`` runs in the
-container as a transient unit and stands in for the kernel driver; the test drives the
-simulated host through its control socket and reads what a person at the console would see:
-``systemctl``, ``journalctl``, ``ps -ef``, the pool files.
-
-Each container is booted once and carries a group of checks, to keep the run short.
-Outside CI the tests skip when nspawn cannot run here; under CI=true they fail.
+The .deb built from debian/ is installed with dpkg into a booted Debian 12 container; see
+tests/systemd_guest.py for the stand-ins (simulated kernel, one drop-in). One boot carries all
+of these checks, in order, to keep the run short; the package life (upgrade, removal, purge)
+is in test_systemd_package.py. Outside CI the tests skip when nspawn cannot run here; under
+CI=true they fail.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import time
-from typing import Dict, List
+import os
+import threading
 
 import nspawn
 import pytest
-
-DEVICE = "/dev/vmbus/hv_kvp"
-CONTROL = "/run/kvp-host.ctl"
-DROPIN = "/etc/systemd/system/pykvpd.service.d/container.conf"
-DROPIN_TEXT = "[Unit]\n# not a Hyper-V guest: a container with a simulated device\n" \
-              "ConditionVirtualization=\n"
-
-
-# --------------------------------------------------------------------------- fixtures
+from systemd_guest import ALIASES, DEVICE, UNIT, Guest, waagent_sees_kvp_daemon, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -42,124 +30,254 @@ def deb() -> str:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    nspawn.require()
-    return nspawn.rootfs(include=("hyperv-daemons",))
-
-
-class SimulatedHost:
-    """The control socket of ``pykvpd simulate --serve`` inside a container, from the host."""
-
-    def __init__(self, ct: nspawn.Container) -> None:
-        self.ct = ct
-
-    def start(self, deb: str) -> None:
-        """The simulator as a transient unit (in the container's cgroups, journal, lifetime),
-        run from a copy of the package extracted to /opt/kvp-host, so that installing, upgrading
-        and removing the package under test never touches the stand-in for the kernel."""
-        inside = "/var/tmp/kvp-host.deb"
-        shutil.copyfile(deb, self.ct.path(inside))
-        self.ct.run(["dpkg-deb", "-x", inside, "/opt/kvp-host"])
-        self.ct.run(["mkdir", "-p", "/dev/vmbus"])
-        self.ct.run(["systemd-run", "--unit=kvp-host", "--quiet",
-                     "--setenv=PYTHONPATH=/opt/kvp-host/usr/lib/python3/dist-packages",
-                     "/usr/bin/python3", "-m", "pykvpd", "simulate", "--serve", DEVICE,
-                     "--control", CONTROL, "--no-console"])
-        wait_for(lambda: self.ct.run(["test", "-S", CONTROL], check=False).returncode == 0,
-                 what="the simulator's control socket")
-
-    def command(self, *words: str) -> Dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(60)
-            sock.connect(self.ct.path(CONTROL))
-            sock.sendall(json.dumps(list(words)).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
-
-    def ok(self, *words: str) -> Dict:
-        reply = self.command(*words)
-        assert reply.get("ok"), (words, reply)
-        return reply
-
-    def items(self, pool: str) -> Dict[str, str]:
-        """A fresh host enumeration of POOL: {key: value}."""
-        result = self.ok("enumerate", pool)["result"]
-        return {item["Name"]: item["Data"] for item in result}
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def show(ct: nspawn.Container, unit: str, *props: str) -> Dict[str, str]:
-    """``systemctl show -p ...``: what ``systemctl status`` summarises."""
-    out = ct.run(["systemctl", "show", unit, "-p", ",".join(props)]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def prepare(ct: nspawn.Container, deb: str) -> SimulatedHost:
-    """Drop-in, then the simulated device, so the package's own start at install succeeds."""
-    ct.run(["mkdir", "-p", DROPIN.rsplit("/", 1)[0]])
-    with open(ct.path(DROPIN), "w") as f:
-        f.write(DROPIN_TEXT)
-    host = SimulatedHost(ct)
-    host.start(deb)
-    return host
-
-
-def main_pid(ct: nspawn.Container) -> int:
-    return int(show(ct, "pykvpd.service", "MainPID")["MainPID"])
-
-
-def wait_active(ct: nspawn.Container, old_pid: int = 0) -> int:
-    """Until pykvpd.service is active/running with a main PID other than OLD_PID."""
-
-    def running() -> bool:
-        state = show(ct, "pykvpd.service", "ActiveState", "SubState", "MainPID")
-        return (state["ActiveState"], state["SubState"]) == ("active", "running") and int(
-            state["MainPID"]
-        ) not in (0, old_pid)
-
-    wait_for(running, "pykvpd.service active (running)")
-    return main_pid(ct)
-
-
-def ps_lines(ct: nspawn.Container) -> List[str]:
-    return ct.run(["ps", "-ef"]).stdout.splitlines()
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def test_install_start_ready_and_serve(deb, image):
-    """Installing the package starts the unit; READY=1 makes it active; the host's SET, GET and
-    ENUMERATE reach the pools through it."""
-    with nspawn.Container(image) as ct:
-        host = prepare(ct, deb)
+def guest(deb):
+    """One booted container with the package installed (started by its postinst)."""
+    with nspawn.Container(nspawn.rootfs(include=("hyperv-daemons",))) as ct:
+        g = Guest(ct, deb)
         installed = ct.install_deb(deb)
-        assert "pykvpd" in installed.stdout
-        pid = wait_active(ct)
-        state = show(ct, "pykvpd.service", "Type", "StatusText", "NRestarts")
-        assert state["Type"] == "notify"
-        assert state["StatusText"].startswith("registered;"), state
-        assert state["NRestarts"] == "0"
+        assert "Setting up pykvpd" in installed.stdout, installed.stdout
+        g.wait_active()
+        yield g
 
-        host.ok("add", "Environment", "production")
-        assert host.items("external")["Environment"] == "production"
-        with open(ct.path("/var/lib/hyperv/.kvp_pool_0"), "rb") as f:
-            pool0 = f.read()
-        assert b"Environment\0" in pool0 and b"production\0" in pool0
-        auto = host.items("auto")
-        assert auto["IntegrationServicesVersion"] == "3.1"  # the simulator's, from registration
-        assert auto["FullyQualifiedDomainName"].startswith(ct.run(["hostname"]).stdout.strip())
-        assert main_pid(ct) == pid
+
+def proc_status(g: Guest, pid: int) -> dict:
+    with open(g.ct.path(f"/proc/{pid}/status")) as f:
+        return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+
+
+def in_daemon_mounts(g: Guest, pid: int, script: str) -> str:
+    """Run SCRIPT in the daemon's own mount namespace: the file system as the daemon sees it."""
+    return g.ct.run(["nsenter", f"--target={pid}", "--mount", "sh", "-c", script]).stdout
+
+
+# --------------------------------------------------------------------------- checks, in order
+
+
+def test_ready_after_registration_and_host_operations(guest):
+    g = guest
+    state = g.show(UNIT, "Type", "ActiveState", "SubState", "StatusText", "NRestarts", "Result")
+    assert (state["Type"], state["ActiveState"], state["SubState"]) == (
+        "notify", "active", "running")
+    assert state["StatusText"].startswith("registered; pools in /var/lib/hyperv"), state
+    assert state["NRestarts"] == "0"
+    assert g.host.registrations() == 1
+
+    g.host.ok("add", "Environment", "production")
+    assert g.host.items("external")["Environment"] == "production"
+    pool0 = g.pool_bytes(0)
+    assert b"Environment\0" in pool0 and b"production\0" in pool0
+    g.ct.run(["kvp", "set", "DeploymentState", "ready"])  # a guest script
+    assert g.host.items("guest")["DeploymentState"] == "ready"
+    auto = g.host.items("auto")
+    assert auto["IntegrationServicesVersion"] == "3.1"  # the simulator's, from registration
+    assert auto["FullyQualifiedDomainName"].startswith(g.ct.run(["hostname"]).stdout.strip())
+    reply = g.host.command("get", "external", "Environment")
+    assert reply["ok"] and reply["result"]["Data"] == "production", reply
+
+
+def test_ps_ef_shows_hv_kvp_daemon_and_waagent_finds_it(guest):
+    pid = guest.main_pid()
+    lines = guest.ps_ef()
+    ours = [line for line in lines if line.split()[1] == str(pid)]
+    assert len(ours) == 1, lines
+    assert "/usr/bin/python3 /usr/bin/hv_kvp_daemon -n --wait-device 10" in ours[0]
+    assert waagent_sees_kvp_daemon("\n".join(lines))
+    assert not waagent_sees_kvp_daemon("\n".join(line for line in lines if line not in ours))
+    with open(guest.ct.path(f"/proc/{pid}/comm")) as f:
+        assert f.read().strip() == "hv_kvp_daemon"
+
+
+def test_ps_ef_name_also_when_started_as_pykvpd(guest):
+    """An admin's drop-in starting /usr/bin/pykvpd: one exec in place, same name in ps -ef."""
+    g = guest
+    dropin = "/run/systemd/system/pykvpd.service.d/exec.conf"
+    g.ct.run(["mkdir", "-p", os.path.dirname(dropin)])
+    with open(g.ct.path(dropin), "w") as f:
+        f.write("[Service]\nExecStart=\nExecStart=/usr/bin/pykvpd -n --wait-device 10\n")
+    g.systemctl("daemon-reload")
+    old = g.main_pid()
+    g.systemctl("restart", UNIT)
+    pid = g.wait_active(old_pid=old)
+    assert "/usr/bin/pykvpd -n" in g.show(UNIT, "ExecStart")["ExecStart"]
+    wait_for(lambda: any(line.split()[1] == str(pid) and "/usr/bin/hv_kvp_daemon -n" in line
+                         for line in g.ps_ef()), "the re-exec under the C daemon's name")
+    assert g.show(UNIT, "ExecMainPID")["ExecMainPID"] == str(pid) == str(g.main_pid())
+    assert waagent_sees_kvp_daemon("\n".join(g.ps_ef()))
+    os.remove(g.ct.path(dropin))
+    g.systemctl("daemon-reload")
+    g.systemctl("restart", UNIT)
+    g.wait_active(old_pid=pid)
+
+
+def test_hardening_as_the_daemon_sees_it(guest):
+    pid = guest.main_pid()
+    status = proc_status(guest, pid)
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+    assert int(status["CapPrm"], 16) == 0 and int(status["CapAmb"], 16) == 0
+    assert status["Seccomp"].strip() == "2"  # filter mode: SystemCallFilter= is on
+    assert status["NoNewPrivs"].strip() == "1"
+    out = in_daemon_mounts(guest, pid, """
+        for p in /etc/pykvpd-probe /run/pykvpd-probe /usr/pykvpd-probe \
+                 /run/pykvpd/probe /var/lib/hyperv/probe; do
+            if ( : > "$p" ) 2>/dev/null; then echo "$p writable"; rm -f "$p";
+            else echo "$p read-only"; fi
+        done""")
+    assert out.split("\n")[:5] == [
+        "/etc/pykvpd-probe read-only",
+        "/run/pykvpd-probe read-only",
+        "/usr/pykvpd-probe read-only",
+        "/run/pykvpd/probe writable",
+        "/var/lib/hyperv/probe writable",
+    ], out
+    with open(guest.ct.path("/run/pykvpd/status.json")) as f:
+        assert json.load(f)["pid"] == pid  # the runtime directory is really written
+    journal = guest.daemon_journal()
+    assert "Operation not permitted" not in journal and "EPERM" not in journal, journal
+
+
+def test_aliases_and_reload_without_conflicts_noise(guest):
+    g = guest
+    names = g.show(UNIT, "Names")["Names"].split()
+    assert set(names) == {UNIT, *ALIASES}
+    for alias in ALIASES:
+        assert g.show(alias, "Id", "MainPID") == g.show(UNIT, "Id", "MainPID")
+        target = os.readlink(g.ct.path(f"/etc/systemd/system/{alias}"))
+        assert target == "/lib/systemd/system/pykvpd.service"
+    assert "pykvpd.service" in g.ct.run(["systemctl", "status", "hv-kvp-daemon"],
+                                        check=False).stdout
+    cursor = g.ct.run(["journalctl", "-n0", "--show-cursor", "-q"]).stdout.split("cursor: ")[-1]
+    g.systemctl("daemon-reload")
+    after = g.ct.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={cursor.strip()}"],
+                     check=False).stdout
+    assert "dropped" not in after and "Conflicts" not in after, after
+
+
+def test_reload_rereads_the_config_and_journal_fields(guest):
+    """systemctl reload (SIGHUP) turns on debug from /etc/pykvpd.conf: one journal entry per
+    host operation with KVP_* fields, the value not logged, the daemon not restarted."""
+    g = guest
+    pid = g.main_pid()
+    with open(g.ct.path("/etc/pykvpd.conf"), "a") as f:
+        f.write("debug = yes\n")
+    g.systemctl("reload", UNIT)
+    wait_for(lambda: "configuration reloaded" in g.daemon_journal(), "the reload message")
+    assert g.main_pid() == pid
+    g.host.ok("add", "Secret", "hunter2")
+    entries = []
+
+    def logged() -> bool:
+        out = g.daemon_journal("-o", "json", "KVP_KEY=Secret")
+        entries[:] = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return bool(entries)
+
+    wait_for(logged, "a journal entry with KVP_KEY=Secret")
+    entry = entries[-1]
+    assert (entry["KVP_OP"], entry["KVP_POOL"], entry["KVP_STATUS"]) == ("SET", "0", "0x00000000")
+    assert entry["SYSLOG_IDENTIFIER"] == "pykvpd" and entry["_SYSTEMD_UNIT"] == UNIT
+    assert entry["PRIORITY"] == "7"
+    assert "KVP_VALUE" not in entry and "hunter2" not in json.dumps(entries)
+    registered = g.daemon_journal("-o", "json", "-p", "info")
+    assert any("registered with the kernel" in json.loads(line).get("MESSAGE", "")
+               for line in registered.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_enable_disable_reenable_preset_while_running(guest, rounds):
+    """The unit stays tracked through every (re)enabling while its daemon runs, including
+    started while disabled (what udev does after a disable) and then enabled; stop then
+    really stops it and a start works (the device was not left held by an orphan)."""
+    g = guest
+    for _ in range(rounds):
+        g.systemctl("disable", UNIT)
+        g.systemctl("restart", UNIT)  # started while disabled
+        pid = g.wait_active()
+        for verb in ("enable", "reenable", "preset", "disable", "enable"):
+            g.systemctl(verb, UNIT)
+            state = g.show(UNIT, "ActiveState", "SubState", "MainPID")
+            assert state == {"ActiveState": "active", "SubState": "running",
+                             "MainPID": str(pid)}, (verb, state)
+        g.systemctl("stop", UNIT)
+        assert g.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+        assert not os.path.exists(g.ct.path(f"/proc/{pid}")), "stop left the daemon running"
+        g.systemctl("start", UNIT)
+        g.wait_active(old_pid=pid)
+    assert g.systemctl("is-enabled", UNIT).strip() == "enabled"
+    g.host.ok("add", "AfterEnable", "yes")  # the device is served, not held by an orphan
+    pid1 = g.ct.run(["journalctl", "_PID=1", "-o", "cat", "--no-pager"]).stdout
+    assert "Code should not be reached" not in pid1 and "Aborting" not in pid1
+
+
+def test_kill_9_restarts_and_no_acknowledged_record_is_lost(guest):
+    g = guest
+    pid = g.main_pid()
+    before = int(g.show(UNIT, "NRestarts")["NRestarts"])
+    acked, failed = [], []
+
+    def writer() -> None:
+        for i in range(60):
+            reply = g.host.command("add", f"Crash{i}", f"value-{i}")
+            (acked if reply.get("ok") else failed).append((i, reply.get("status")))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    wait_for(lambda: len(acked) >= 10, "ten acknowledged host writes")
+    g.ct.run(["kill", "-KILL", str(pid)])  # as root at the console (PIDs are the container's)
+    thread.join(120)
+    new = g.wait_active(old_pid=pid)
+    assert int(g.show(UNIT, "NRestarts")["NRestarts"]) == before + 1
+    items = g.host.items("external")
+    missing = [i for i, _ in acked if items.get(f"Crash{i}") != f"value-{i}"]
+    assert missing == [], (missing, failed)
+    # What the C daemon's host would see too: HV_E_FAIL while no daemon is there, nothing else.
+    assert {status for _, status in failed} <= {"HV_E_FAIL"}, failed
+    assert new != pid
+
+
+def test_watchdog_kills_a_stopped_daemon_and_systemd_restarts_it(guest):
+    """SIGSTOP: no keep-alive; systemd's watchdog fires, kills and restarts. WatchdogSec is cut
+    to 3 s by a runtime drop-in for this check only (30 s shipped: the same mechanism)."""
+    g = guest
+    dropin = "/run/systemd/system/pykvpd.service.d/watchdog.conf"
+    g.ct.run(["mkdir", "-p", os.path.dirname(dropin)])
+    with open(g.ct.path(dropin), "w") as f:
+        f.write("[Service]\nWatchdogSec=3\n")
+    g.systemctl("daemon-reload")
+    g.systemctl("restart", UNIT)
+    pid = g.wait_active()
+    before = int(g.show(UNIT, "NRestarts")["NRestarts"])
+    g.ct.run(["kill", "-STOP", str(pid)])
+    new = g.wait_active(old_pid=pid, timeout=60)
+    journal = g.daemon_journal()
+    assert "Watchdog timeout" in journal, journal[-3000:]
+    assert int(g.show(UNIT, "NRestarts")["NRestarts"]) == before + 1
+    os.remove(g.ct.path(dropin))
+    g.systemctl("daemon-reload")
+    g.systemctl("restart", UNIT)
+    g.wait_active(old_pid=new)
+    assert g.show(UNIT, "WatchdogUSec")["WatchdogUSec"] == "30s"
+
+
+def test_device_node_created_during_wait_device_is_opened(guest, deb):
+    """With no node at start, the daemon waits (--wait-device 10); a char node of the misc class
+    that appears meanwhile is opened (no EPERM from the device policy). There is no hv_kvp driver
+    here: the node is the misc device 10:200 (tun), so its handshake fails and the daemon keeps
+    reopening, until the simulator's socket replaces the node and the daemon registers."""
+    g = guest
+    g.systemctl("stop", UNIT)
+    g.host.stop()
+    g.ct.run(["rm", "-f", DEVICE])
+    cursor = g.ct.run(["journalctl", "-n0", "--show-cursor", "-q"]).stdout.split("cursor: ")[-1]
+    g.systemctl("start", "--no-block", UNIT)
+    wait_for(lambda: "waiting up to 10 s for /dev/vmbus/hv_kvp" in g.daemon_journal(
+        f"--after-cursor={cursor.strip()}"), "the daemon waiting for the device")
+    g.ct.run(["mknod", DEVICE, "c", "10", "200"])
+    wait_for(lambda: "registration on /dev/vmbus/hv_kvp failed" in g.daemon_journal(
+        f"--after-cursor={cursor.strip()}"), "the open of the new node")
+    journal = g.daemon_journal(f"--after-cursor={cursor.strip()}")
+    assert "Operation not permitted" not in journal, journal
+    g.ct.run(["rm", "-f", DEVICE])
+    g.host.start(deb)
+    g.wait_active()
+    g.host.ok("add", "AfterWait", "yes")
+    journal = g.daemon_journal(f"--after-cursor={cursor.strip()}")
+    assert "Main process exited" not in journal and "Scheduled restart" not in journal, journal

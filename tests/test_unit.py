@@ -19,6 +19,11 @@ needs_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze missing (apt-get install systemd)",
 )
+# Debian 11's systemd 247 refuses `systemd-analyze verify --root`; what is checked is the unit
+# file, not Python, so the 3.9 run (a Debian 11 chroot) leaves these to the main run.
+verify_root_needs_bookworm = pytest.mark.main_run_only(
+    reason="systemd-analyze verify --root needs systemd > 247 (Debian 11 has 247)"
+)
 
 
 def unit_entries() -> dict:
@@ -48,20 +53,18 @@ def test_unit_contract():
     assert e[("Service", "NotifyAccess")] == ["main"]
     assert e[("Service", "WatchdogSec")] == ["30"]
     assert e[("Service", "Restart")] == ["on-failure"]
-    assert e[("Service", "ExecStart")] == ["/usr/bin/pykvpd -n --wait-device 10"]
+    # The C daemon's name, so ps -ef shows it without a re-exec (pykvpd/hv_kvp_daemon.py)
+    assert e[("Service", "ExecStart")] == ["/usr/bin/hv_kvp_daemon -n --wait-device 10"]
     assert e[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
     assert e[("Unit", "ConditionVirtualization")] == ["microsoft"]
     assert e[("Unit", "DefaultDependencies")] == ["no"]
     assert {"sysinit.target", "cloud-init-local.service", "shutdown.target"} <= set(
         words(e, "Unit", "Before")
     )
-    conflicts = set(words(e, "Unit", "Conflicts"))
-    assert {
-        "shutdown.target",
-        "hv-kvp-daemon.service",
-        "hypervkvpd.service",
-        "hyperv-daemons.hv-kvp-daemon.service",
-    } <= conflicts
+    # No Conflicts= on the C unit names: once enabled they are this unit's own aliases, and
+    # such a line broke "systemctl enable" of the running unit (tests/test_systemd_real.py).
+    assert words(e, "Unit", "Conflicts") == ["shutdown.target"]
+    assert e[("Service", "RestartPreventExitStatus")] == ["69"]  # device busy: another daemon
     assert set(words(e, "Install", "Alias")) == set(ALIASES)
     # Started by udev only: no .wants link, so a misdetected guest never waits for the device.
     assert ("Install", "WantedBy") not in e
@@ -72,7 +75,8 @@ def test_unit_hardening_at_least_debian():
     e = unit_entries()
     s = {key: values[-1] for (section, key), values in e.items() if section == "Service"}
     assert s["CapabilityBoundingSet"] == ""  # root without any capability, as Debian
-    assert s["DeviceAllow"].split()[0] == "/dev/vmbus/hv_kvp"
+    # The misc class: a node created during --wait-device is allowed too (issue 9, item 3).
+    assert e[("Service", "DeviceAllow")] == ["char-misc rw"]
     assert s["DevicePolicy"] == "closed"
     for key in (
         "NoNewPrivileges",
@@ -93,9 +97,11 @@ def test_unit_hardening_at_least_debian():
     # The pools, plus exactly what IP injection needs on NetworkManager / networkd guests.
     assert writable == [
         "/var/lib/hyperv",
+        "/run/pykvpd",
         "-/etc/NetworkManager/system-connections",
         "-/etc/systemd/network",
     ]
+    assert e[("Service", "ReadOnlyPaths")] == ["/run"]  # MountAPIVFS= made it writable
     assert s["StateDirectory"] == "hyperv"
     assert s["RuntimeDirectory"] == "pykvpd"
     assert s["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"]
@@ -111,9 +117,10 @@ def make_root(tmp_path, aliases: bool, c_unit: bool):
     (root / "bin").mkdir()
     (root / "lib/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    fake = root / "usr/bin/pykvpd"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
+    for name in ("pykvpd", "hv_kvp_daemon"):  # the package's two entry scripts
+        fake = root / "usr/bin" / name
+        fake.write_text("#!/bin/sh\n")
+        fake.chmod(0o755)
     shutil.copy("/bin/kill", root / "bin/kill")
     shutil.copy(UNIT, root / "lib/systemd/system/pykvpd.service")
     if c_unit:
@@ -135,25 +142,19 @@ def verify(root, unit: str = "pykvpd.service") -> subprocess.CompletedProcess:
     )
 
 
-# Informational lines systemd prints when a Conflicts= points at one of the unit's own aliases.
-DROPPED = re.compile(r"Dependency Conflict(s|edBy)=\S+ (in \S+ )?is dropped\b")
-
-
 @needs_analyze
+@verify_root_needs_bookworm
 @pytest.mark.parametrize("aliases, c_unit", [(False, False), (True, False), (True, True)])
 def test_systemd_analyze_verify_clean(tmp_path, aliases, c_unit):
     root = make_root(tmp_path, aliases, c_unit)
     result = verify(root)
-    problems = [
-        line
-        for line in (result.stdout + result.stderr).splitlines()
-        if line.strip() and not DROPPED.search(line)
-    ]
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode == 0, result.stderr
     assert problems == []
 
 
 @needs_analyze
+@verify_root_needs_bookworm
 @pytest.mark.parametrize("aliases", [False, True])
 def test_aliases_shadow_the_c_unit(tmp_path, aliases):
     """With the alias links in /etc, the C daemon's name loads our unit, not the C file in /lib.
@@ -170,6 +171,7 @@ def test_aliases_shadow_the_c_unit(tmp_path, aliases):
 
 
 @needs_analyze
+@verify_root_needs_bookworm
 def test_verify_catches_a_broken_unit(tmp_path):
     """The check above can fail: a typo in a directive is reported."""
     root = make_root(tmp_path, aliases=False, c_unit=False)

@@ -3,7 +3,8 @@
 ``NetConfig`` is the boundary the daemon calls: both methods return a status code and never
 raise; every failure is logged once here with its reason. The work is split by direction:
 ``ipinfo`` reads (sysfs, rtnetlink, resolver/DHCP state), ``inject`` validates and renders,
-``backends`` applies, ``runner`` runs external programs with argv lists and timeouts.
+``backends`` chooses how to apply (``ifupdown`` for that stack), ``plan``
+runs the steps, ``runner`` runs external programs with argv lists and timeouts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from typing import Optional, Tuple
 
 from ..protocol import HV_E_FAIL, HV_GUID_NOTFOUND, HV_INVALIDARG, HV_S_OK, IpInfo
-from .backends import NoBackend, Target, choose_plan, execute
+from .backends import choose_plan
 from .inject import (
     InvalidRequest,
     describe,
@@ -24,6 +25,7 @@ from .inject import (
 from .ipinfo import AdapterNotFound, get_ip_info
 from .netlink import NetlinkError
 from .nics import interface_by_guid, interface_index, interface_mac, valid_ifname
+from .plan import NoBackend, Target, execute
 from .runner import CommandError, Deadline
 
 __all__ = ["NetConfig", "INJECTION_MODES", "REQUEST_BUDGET"]

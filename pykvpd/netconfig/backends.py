@@ -12,70 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
-from .inject import (
-    IpConfig,
-    keyfile_uuid,
-    render_ifupdown,
-    render_keyfile,
-    render_networkd,
-    write_atomic,
-)
+from .dhcpstate import nm_running
+from .ifupdown import ifupdown_plan
+from .inject import keyfile_uuid, render_keyfile, render_networkd
 from .nics import valid_ifname
-from .runner import CommandError, Deadline, run, run_checked
+from .plan import Command, NoBackend, Plan, Target, Write
 
 log = logging.getLogger(__name__)
 
 SET_HELPER = "hv_set_ifconfig"
 NETWORKD_PRIORITY = "05"  # sorts before the usual 10-netplan-*, 10-cloud-init-*, 50-*
-
-
-class NoBackend(RuntimeError):
-    """Nothing on this system is known to manage the interface."""
-
-
-@dataclass(frozen=True)
-class Write:
-    directory: str
-    filename: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Command:
-    argv: Tuple[str, ...]
-    must_succeed: bool = True
-
-
-@dataclass
-class Plan:
-    """What applying the configuration means on this system, step by step."""
-
-    backend: str
-    steps: List[object] = field(default_factory=list)
-
-    def describe(self) -> List[str]:
-        out = []
-        for step in self.steps:
-            if isinstance(step, Write):
-                out.append(f"write {os.path.join(step.directory, step.filename)} (mode 0600)")
-            elif isinstance(step, Command):
-                out.append("run " + " ".join(step.argv))
-        return out
-
-
-@dataclass(frozen=True)
-class Target:
-    """Everything a backend needs to know about the interface being configured."""
-
-    ifname: str
-    ifindex: Optional[int]
-    mac: str
-    config: IpConfig
-    ifcfg_path: str
-    keyfile_path: str
 
 
 # --------------------------------------------------------------------------- detection
@@ -95,7 +42,7 @@ def _kv_file(path: str) -> dict:
 
 
 def _nm_manages(target: Target, run_dir: str) -> bool:
-    if not os.path.isdir(os.path.join(run_dir, "NetworkManager")) or not shutil.which("nmcli"):
+    if not shutil.which("nmcli") or not nm_running(run_dir):
         return False
     if target.ifindex is not None:
         state = _kv_file(os.path.join(run_dir, "NetworkManager", "devices", str(target.ifindex)))
@@ -131,7 +78,7 @@ def choose_plan(target: Target, *, scripts_dir: str, etc_dir: str, run_dir: str,
     if _networkd_manages(target, run_dir):
         return networkd_plan(target, etc_dir)
     if _ifupdown_manages(etc_dir):
-        return ifupdown_plan(target, etc_dir)
+        return ifupdown_plan(target, etc_dir, timeout)
     raise NoBackend(f"no {SET_HELPER} in {scripts_dir} and neither NetworkManager, "
                     f"systemd-networkd nor ifupdown manages {target.ifname}")
 
@@ -158,61 +105,9 @@ def networkd_plan(target: Target, etc_dir: str) -> Plan:
     directory = os.path.join(etc_dir, "systemd", "network")
     filename = f"{NETWORKD_PRIORITY}-pykvpd-{target.ifname}.network"
     return Plan("systemd-networkd", [
-        Write(directory, filename, render_networkd(target.ifname, target.mac, target.config)),
+        # systemd-networkd reads it as user systemd-network: 0600 would be "Permission denied".
+        Write(directory, filename, render_networkd(target.ifname, target.mac, target.config),
+              0o644),
         Command(("networkctl", "reload")),
         Command(("networkctl", "reconfigure", target.ifname)),
     ])
-
-
-def ifupdown_plan(target: Target, etc_dir: str) -> Plan:
-    """Take the link down with its old configuration, replace the fragment, bring it up.
-
-    ifdown fails harmlessly when the link was not configured by ifupdown, so it may fail.
-    """
-    directory = os.path.join(etc_dir, "network", "interfaces.d")
-    _warn_ifupdown_conflicts(target.ifname, etc_dir)
-    return Plan("ifupdown", [
-        Command(("ifdown", target.ifname), must_succeed=False),
-        Write(directory, target.ifname, render_ifupdown(target.ifname, target.config)),
-        Command(("ifup", target.ifname)),
-    ])
-
-
-def _warn_ifupdown_conflicts(ifname: str, etc_dir: str) -> None:
-    main = os.path.join(etc_dir, "network", "interfaces")
-    try:
-        with open(main, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(1 << 20)
-    except OSError:
-        return
-    words = [line.split() for line in text.splitlines()]
-    if not any(w[:1] in (["source"], ["source-directory"]) and "interfaces.d" in " ".join(w)
-               for w in words):
-        log.warning("SET_IP_INFO: %s does not include interfaces.d; ifup may not see the "
-                    "new configuration", main)
-    if any(len(w) >= 2 and w[0] == "iface" and w[1] == ifname for w in words):
-        log.warning("SET_IP_INFO: %s also configures %s; ifupdown merges both stanzas",
-                    main, ifname)
-
-
-# --------------------------------------------------------------------------- execution
-
-
-def execute(plan: Plan, deadline: Deadline, timeout: float) -> None:
-    """Carry the plan out in order; raises CommandError on the first failing required step."""
-    for step in plan.steps:
-        if isinstance(step, Write):
-            write_atomic(step.directory, step.filename, step.text)
-            continue
-        assert isinstance(step, Command)
-        if step.must_succeed:
-            run_checked(step.argv, deadline.budget(timeout))
-            continue
-        try:
-            result = run(step.argv, deadline.budget(timeout))
-        except CommandError as exc:
-            log.info("SET_IP_INFO: optional step failed: %s", exc)
-            continue
-        if result.returncode:
-            log.info("SET_IP_INFO: %s exited %d (ignored)", " ".join(step.argv),
-                     result.returncode)

@@ -84,9 +84,20 @@ def split_list(text: str, what: str) -> List[str]:
     return elements
 
 
+def _leading_zero_octet(text: str) -> bool:
+    """Whether the dotted-quad part of ``text`` has an octet like '010'.
+
+    Such an octet is octal to inet_aton(3) and decimal to ``ipaddress`` before CPython 3.9.5
+    (Debian 11 ships 3.9.2), so the host's text would name two different addresses; newer
+    CPythons reject it themselves. IPv6 hextets may have leading zeros and are not looked at.
+    """
+    quad = text.rsplit(":", 1)[-1]
+    return "." in quad and any(len(o) > 1 and o.startswith("0") for o in quad.split("."))
+
+
 def parse_address(text: str, what: str) -> IPAddress:
     """A plain IPv4/IPv6 address (no scope id, no prefix, no leading zeros in IPv4)."""
-    if not _ADDRESS_CHARS.match(text):
+    if not _ADDRESS_CHARS.match(text) or _leading_zero_octet(text):
         raise InvalidRequest(f"{what}: {text!r} is not an IP address")
     try:
         address = ipaddress.ip_address(text)
@@ -114,7 +125,8 @@ def parse_prefix(text: str, version: int) -> int:
         prefix = int(match.group(1))
     else:
         try:
-            mask = ipaddress.ip_address(text) if _ADDRESS_CHARS.match(text) else None
+            valid = _ADDRESS_CHARS.match(text) and not _leading_zero_octet(text)
+            mask = ipaddress.ip_address(text) if valid else None
         except ValueError:
             mask = None
         if mask is None or mask.version != version:

@@ -10,16 +10,16 @@ show nothing at all.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..protocol import ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, IpInfo
 from . import netlink
+from .dhcpstate import builtin_dhcp
 from .nics import interface_mac, interfaces_by_mac, valid_ifname
 from .runner import CommandError, Deadline, Result, finish, lines, start
 
@@ -213,115 +213,6 @@ def helper_dns(output: str) -> List[str]:
     return servers
 
 
-# --------------------------------------------------------------------------- DHCP
-
-
-def _ini(text: str) -> Dict[str, Dict[str, str]]:
-    """A minimal key-file reader (NetworkManager, systemd): {section: {key: last value}}."""
-    sections: Dict[str, Dict[str, str]] = {}
-    current = sections.setdefault("", {})
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1].strip(), {})
-        elif "=" in line:
-            key, _, value = line.partition("=")
-            current[key.strip()] = value.strip()
-    return sections
-
-
-def _files(directory: str, suffix: str = "") -> List[str]:
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    return [os.path.join(directory, n) for n in names if n.endswith(suffix)]
-
-
-def _nm_dhcp(ifname: str, mac: Optional[str], etc_dir: str, run_dir: str) -> Optional[bool]:
-    """NetworkManager keyfile for the link: ipv4.method=auto means DHCP."""
-    for directory in (os.path.join(run_dir, "NetworkManager", "system-connections"),
-                      os.path.join(etc_dir, "NetworkManager", "system-connections")):
-        for path in _files(directory, ".nmconnection"):
-            conf = _ini(_read(path) or "")
-            bound = conf.get("connection", {}).get("interface-name")
-            mac_bound = conf.get("ethernet", {}).get("mac-address", "").upper()
-            if bound == ifname or (bound is None and mac is not None and mac_bound == mac):
-                return conf.get("ipv4", {}).get("method", "auto") == "auto"
-    return None
-
-
-def _networkd_dhcp(ifname: str, ifindex: Optional[int], etc_dir: str,
-                   run_dir: str) -> Optional[bool]:
-    """systemd-networkd: the .network file applied to the link (from its state file, else the
-    first file in /etc/systemd/network whose [Match] Name= matches); DHCP=yes/ipv4 means DHCP."""
-    path = None
-    if ifindex is not None:
-        state = _ini(_read(os.path.join(run_dir, "systemd", "netif", "links", str(ifindex)))
-                     or "").get("", {})
-        if state.get("ADMIN_STATE") == "unmanaged":
-            return None
-        path = state.get("NETWORK_FILE") or None
-    if path is None:
-        for candidate in _files(os.path.join(etc_dir, "systemd", "network"), ".network"):
-            patterns = _ini(_read(candidate) or "").get("Match", {}).get("Name", "").split()
-            if any(fnmatch.fnmatchcase(ifname, p) for p in patterns):
-                path = candidate
-                break
-    if path is None:
-        return None
-    value = _ini(_read(path) or "").get("Network", {}).get("DHCP", "no").lower()
-    return value in ("yes", "true", "1", "on", "ipv4", "both")
-
-
-def _ifupdown_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
-    """ifupdown: 'iface IF inet dhcp' in /etc/network/interfaces or interfaces.d/*."""
-    paths = [os.path.join(etc_dir, "network", "interfaces")]
-    paths += _files(os.path.join(etc_dir, "network", "interfaces.d"))
-    verdict = None
-    for path in paths:
-        for line in (_read(path) or "").splitlines():
-            fields = line.split()
-            if len(fields) >= 4 and fields[0] == "iface" and fields[1] == ifname \
-                    and fields[2] == "inet":
-                verdict = verdict or fields[3] == "dhcp"
-    return verdict
-
-
-def _ifcfg_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
-    """Red Hat network-scripts: BOOTPROTO=dhcp in ifcfg-IF."""
-    text = _read(os.path.join(etc_dir, "sysconfig", "network-scripts", f"ifcfg-{ifname}"))
-    if text is None:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "BOOTPROTO":
-            return value.strip().strip("'\"").lower() in ("dhcp", "bootp")
-    return False
-
-
-def builtin_dhcp(iface: Interface, mac: Optional[str], etc_dir: str, run_dir: str) -> bool:
-    """DHCPv4 state from whichever configuration manages the link, else from the kernel.
-
-    The last resort looks at the IPv4 addresses themselves: DHCP clients install them with a
-    finite lifetime, static configuration makes them permanent.
-    """
-    if valid_ifname(iface.name):
-        checks: List[Callable[[], Optional[bool]]] = [
-            lambda: _nm_dhcp(iface.name, mac, etc_dir, run_dir),
-            lambda: _networkd_dhcp(iface.name, iface.index, etc_dir, run_dir),
-            lambda: _ifupdown_dhcp(iface.name, etc_dir),
-            lambda: _ifcfg_dhcp(iface.name, etc_dir),
-        ]
-        for check in checks:
-            verdict = check()
-            if verdict is not None:
-                return verdict
-    return any(a.address.version == 4 and not a.permanent for a in iface.addresses)
-
-
 # --------------------------------------------------------------------------- the request
 
 
@@ -376,7 +267,8 @@ def get_ip_info(request: IpInfo, *, sysfs: str, scripts_dir: str, etc_dir: str, 
     if dhcp_lines:
         dhcp = dhcp_lines[0].startswith("Enabled")
     else:
-        dhcp = builtin_dhcp(iface, interface_mac(sysfs, iface.name), etc_dir, run_dir)
+        dhcp = builtin_dhcp(iface.name, iface.index, iface.addresses,
+                            interface_mac(sysfs, iface.name), etc_dir, run_dir)
     gateways = [str(g) for g in iface.gateways]
     reply = format_reply(request.adapter_id, iface.addresses, gateways, dns, dhcp)
     return reply, iface.name

@@ -45,11 +45,18 @@ class Deadline:
         return min(step, left)
 
 
+# The service manager's variables are the daemon's own: a child that inherited NOTIFY_SOCKET
+# could send readiness or watchdog messages on its behalf (systemd logs and drops them).
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
+
+
 def start(argv: Sequence[str]) -> subprocess.Popen:
     """Start argv (a list, never a shell string) with stdin closed and output captured."""
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
     try:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
+                                stderr=subprocess.PIPE, close_fds=True, start_new_session=True,
+                                env=env)
     except OSError as exc:
         raise CommandError(f"cannot run {argv[0]}: {exc.strerror}") from None
 

@@ -13,3 +13,22 @@ class LockTimeout(PoolError):
 
 class RecordTooLarge(ValueError):
     """A key or value does not fit its field (with its NUL), or contains a NUL."""
+
+
+class _PathError(PoolError, OSError):
+    """A PoolError that is also an OSError with an errno and the path as ``filename``."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message already names the path
+
+
+class PoolPermissionError(_PathError, PermissionError):
+    """The pool directory or a file in it may not be read or written by this user.
+
+    Also a PermissionError, so that a caller can tell "not allowed" from "absent" or "damaged"
+    (``kvp`` exits 3 for it); ``filename`` is the path.
+    """
+
+
+class PoolDirMissing(_PathError, FileNotFoundError):
+    """The pool directory does not exist (``filename`` is its path)."""

@@ -8,6 +8,7 @@ import stat
 from typing import Dict, Optional, Union
 
 from .errors import PoolError
+from .files import DirHandle, lstat_in
 from .freshness import DirWatch
 from .poolfile import DEFAULT_MODE, PoolFile
 from .records import POOL_COUNT, pool_filename, pool_number
@@ -18,29 +19,40 @@ DEFAULT_POOL_DIR = "/var/lib/hyperv"
 
 
 class PoolDir:
-    """The five pool files of one directory (``/var/lib/hyperv`` on a guest)."""
+    """The five pool files of one directory.
+
+    With ``root`` (a mounted disk image), ``directory`` is a path inside the image and every
+    component of it is resolved inside the image, so nothing outside it is ever read or written;
+    ``path()`` and every message then name the file as ``root/directory/...``. Without ``root``
+    the directory may itself be a symlink (an admin's choice on a live system). Files inside it
+    are never followed through a symlink, and only regular files are opened.
+    """
 
     def __init__(
         self,
         directory: str = DEFAULT_POOL_DIR,
         *,
+        root: Optional[str] = None,
         create: bool = False,
         mode: int = DEFAULT_MODE,
         writable: bool = True,
         watch: bool = False,
         lock_timeout: float = 20.0,
     ) -> None:
-        self.directory = directory
+        self._handle = DirHandle(directory, root)
+        self.directory = self._handle.shown
+        self.root = root
         self._create = create
         self._mode = mode
         self._writable = writable
         self._lock_timeout = lock_timeout
-        if create:
+        if create and root is None:
             _make_dir(directory)
         self._watch: Optional[DirWatch] = None
         if watch:
             try:
-                self._watch = DirWatch(directory)
+                target = directory if root is None else f"/proc/self/fd/{self._handle.fd()}"
+                self._watch = DirWatch(target)
             except (OSError, ImportError) as exc:
                 log.warning(
                     "no inotify on %s (%s): re-reading pools on every request", directory, exc
@@ -48,7 +60,16 @@ class PoolDir:
         self._pools: Dict[int, PoolFile] = {}
 
     def path(self, pool: Union[int, str]) -> str:
-        return os.path.join(self.directory, pool_filename(pool_number(pool)))
+        return self._handle.path(pool_filename(pool_number(pool)))
+
+    def exists(self, pool: Union[int, str]) -> bool:
+        """Whether the pool's file is there (as a regular file or not: opening it tells).
+
+        Raises PoolDirMissing for a missing directory and PoolPermissionError for one this
+        user cannot look into, rather than answering False.
+        """
+        name = pool_filename(pool_number(pool))
+        return lstat_in(self._handle.fd(), name, self._handle.path(name)) is not None
 
     def pool(self, pool: Union[int, str]) -> PoolFile:
         known = self._pools.get(pool)  # type: ignore[arg-type]  # the daemon's per-request path
@@ -63,6 +84,7 @@ class PoolDir:
                 writable=self._writable,
                 watch=self._watch,
                 lock_timeout=self._lock_timeout,
+                directory=self._handle,
             )
         return self._pools[number]
 
@@ -76,6 +98,7 @@ class PoolDir:
             pool.close()
         if self._watch is not None:
             self._watch.close()
+        self._handle.close()
 
 
 def _make_dir(directory: str) -> None:
