@@ -20,6 +20,7 @@ from typing import Optional
 
 from . import transport
 from .handler import Handler, Outcome
+from .hostwrites import HostWriteLog
 from .protocol import HV_E_FAIL, OP_NAMES, encode_status
 from .store import PoolDir
 
@@ -35,6 +36,10 @@ STATUS_EVERY_SECONDS = 1.0
 REGISTER_TIMEOUT_SECONDS = 30.0  # a kernel that never answers the handshake: reopen
 
 # --------------------------------------------------------------------------- the daemon
+
+
+class _StopWhileWaiting(Exception):
+    """SIGTERM/SIGINT arrived while the device was awaited: nothing is in hand, exit 0 now."""
 
 
 class Daemon:
@@ -54,9 +59,13 @@ class Daemon:
         self.pools = PoolDir(pool_dir, create=True, mode=config.pool_file_mode, watch=True)
         self.pools.init_files()
         self.intrinsic = Intrinsic(exclude_ifaces=tuple(config.exclude_interfaces))
-        self.handler = Handler(self.pools, self.intrinsic, self._netconfig(pool_dir))
+        self.host_writes = HostWriteLog(pool_dir, config.pool_file_mode)
+        self.handler = Handler(
+            self.pools, self.intrinsic, self._netconfig(pool_dir), self.host_writes
+        )
         self.channel: Optional[transport.Channel] = None
         self.stopping = False
+        self._awaiting_device = False  # SIGTERM then interrupts the wait (_StopWhileWaiting)
         self.reload_requested = False
         self.host_ops = 0
         self.last_op = ""
@@ -82,7 +91,16 @@ class Daemon:
             wait = self.config.wait_device if self.config.source else 0.0
         if first and wait > 0 and not os.path.exists(device):
             log.info("waiting up to %g s for %s", wait, device)
-            if not transport.wait_for_device(device, wait):
+            # The wait retries its poll after a signal handler returns; only an exception from
+            # the handler ends it early.
+            self._awaiting_device = True
+            try:
+                if self.stopping:
+                    raise _StopWhileWaiting
+                found = transport.wait_for_device(device, wait)
+            finally:
+                self._awaiting_device = False
+            if not found:
                 raise transport.DeviceMissing(f"{device} did not appear within {wait:g} s")
         self.channel = transport.open_channel(device)
         version = self.channel.register(timeout=REGISTER_TIMEOUT_SECONDS)
@@ -185,6 +203,9 @@ class Daemon:
     def run(self) -> int:
         try:
             self.connect(first=True)
+        except _StopWhileWaiting:
+            log.info("stopped while waiting for %s", self.args.device)
+            return 0
         except transport.TransportError as exc:
             # Opened, but the handshake failed (a bad or missing registration reply): the same
             # recovery as any later device error, not an exit.
@@ -248,6 +269,8 @@ class Daemon:
 
         def stop(signum: int, _frame: object) -> None:
             self.stopping = True
+            if self._awaiting_device:
+                raise _StopWhileWaiting
 
         def hup(signum: int, _frame: object) -> None:
             self.reload_requested = True
@@ -319,6 +342,7 @@ class Daemon:
 
     def close(self) -> None:
         self._close_channel()
+        self.host_writes.close()
         self.pools.close()
 
 

@@ -91,6 +91,30 @@ def test_waits_for_the_device_then_serves(tmp_path):
             proc.wait()
 
 
+def test_sigterm_while_waiting_for_the_device_exits_0_at_once(tmp_path):
+    """Nothing is in hand while the device is awaited: SIGTERM must not wait out --wait-device
+    (the unit waits 10 s; `systemctl stop` at boot would hang that long)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pykvpd", "-n",
+         *daemon_args(tmp_path, str(tmp_path / "never"), "--wait-device", "120")],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # logged after the signal handlers are in place
+            if "waiting up to 120 s" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert "stopped while waiting for" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_wait_device_gives_up_in_time(tmp_path):
     result = run_daemon(
         "-n", *daemon_args(tmp_path, str(tmp_path / "never"), "--wait-device", "0.5")
