@@ -47,7 +47,7 @@ _kvp() {
                 where+=("$word")
                 ;;
             --dir=* | --root=*) where+=("$word") ;;
-            --lock-timeout | --timeout | --value | --chunk-size | -n | --count | --op) ((i++)) ;;
+            --lock-timeout | --timeout | --hook-timeout | --value | --chunk-size | -n | --count | --op) ((i++)) ;;
             --) ;;
             -*) ;;
             *)
@@ -89,7 +89,7 @@ _kvp() {
             COMPREPLY=($(compgen -P "$head" -W "initial add modify delete" -- "$part"))
             return
             ;;
-        --lock-timeout | --timeout | --value | --chunk-size | -n | --count)
+        --lock-timeout | --timeout | --hook-timeout | --value | --chunk-size | -n | --count)
             return
             ;;
     esac
@@ -109,7 +109,7 @@ _kvp() {
         get) opts+=" --join" ;;
         set) opts+=" --chunk --chunk-size" ;;
         delete) opts+=" --chunk" ;;
-        watch) opts+=" --op --no-initial -n --count --timeout --exec" ;;
+        watch) opts+=" --op --no-initial --changes-only -n --count --timeout --hook-timeout --exit-on-failure --exec" ;;
         wait) opts+=" --value --timeout" ;;
         clear) opts+=" --if-stale" ;;
         fsck) opts+=" --repair" ;;

@@ -26,6 +26,10 @@ class IntrinsicSource(Protocol):
     def item(self, index: int) -> Optional[tuple]: ...
 
 
+class WriteRecorder(Protocol):
+    def record(self, pool: int, key: bytes) -> None: ...
+
+
 class NetConfigSource(Protocol):
     def get_ip_info(self, request: p.IpInfo) -> tuple: ...
 
@@ -93,10 +97,12 @@ class Handler:
         pools: PoolDir,
         intrinsic: IntrinsicSource,
         netconfig: Optional[NetConfigSource] = None,
+        host_writes: Optional[WriteRecorder] = None,
     ) -> None:
         self.pools = pools
         self.intrinsic = intrinsic
         self.netconfig = netconfig
+        self.host_writes = host_writes  # told of SETs that left a value as it was (watchers)
 
     def handle(self, msg: bytes) -> Outcome:
         try:
@@ -121,7 +127,11 @@ class Handler:
         pool = self.pools.pool(req.pool)
         try:
             if req.op == p.OP_SET:
+                writes = self.host_writes
+                before = pool.get(req.key) if writes is not None else None
                 pool.set(req.key, req.value)
+                if before is not None and (req.value is None or req.value == before):
+                    writes.record(req.pool, req.key)  # bytes unchanged: watchers see it here
                 return Outcome(
                     p.encode_status(msg, p.HV_S_OK),
                     name,

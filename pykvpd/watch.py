@@ -5,7 +5,10 @@ one event per key that was added, modified or deleted between two successive rea
 Every read is taken under the pool's shared lock after inotify said the file changed, so it sees
 a whole state of the file, never half a write. Changes faster than a read coalesce per key (two
 quick SETs of one key are one ``modify`` with the last value), as xenstore watches do; a change
-that is undone before the read is not reported. Nothing is reported when nothing changed.
+that is undone before the read is not reported. Nothing is reported when nothing changed, with
+one exception the daemon makes possible: a host SET that stores the value a key already has is a
+``modify`` (old value = new value), read from the daemon's host-write log (``hostwrites``), so a
+host trigger such as ``PatchNow=1`` fires each time it is sent. ``rewrites=False`` turns that off.
 
 The directory is watched rather than the files, so a pool file created, deleted or replaced by
 rename (Ignition rewrites the pools) is followed; a missing directory is waited for.
@@ -14,16 +17,16 @@ rename (Ignition rewrites the pools) is followed; a missing directory is waited 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import select
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import inotify
+from .hostwrites import LOG_NAME, read_log
 from .store import POOL_LABELS, PoolError, PoolFile, pool_filename
 
 log = logging.getLogger(__name__)
@@ -50,17 +53,21 @@ KeyFilter = Callable[[str], bool]
 
 @dataclass(frozen=True)
 class Change:
-    """One event: ``value`` is None for ``delete``; ``old_value`` is None for initial/add."""
+    """One event: ``value`` is None for ``delete``; ``old_value`` is None for initial/add.
+
+    An ``initial`` event for a watched key that is absent has no pool and no value. A host
+    re-writing a key with its current value is a ``modify`` whose ``old_value`` equals ``value``.
+    """
 
     op: str
-    pool: int
+    pool: Optional[int]
     key: str
     value: Optional[str]
     old_value: Optional[str] = None
 
     @property
     def pool_name(self) -> str:
-        return POOL_LABELS[self.pool]
+        return "" if self.pool is None else POOL_LABELS[self.pool]
 
 
 def pool_state(pool: PoolFile) -> Dict[str, str]:
@@ -69,6 +76,35 @@ def pool_state(pool: PoolFile) -> Dict[str, str]:
     for rec in pool.valid_records():
         state.setdefault(rec.text_key, rec.text_value)
     return state
+
+
+def matches(key: str, pattern: str) -> bool:
+    """A KEY argument of ``kvp watch``: the key itself, or a glob if it has ``*?[``."""
+    if key == pattern:
+        return True
+    return any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(key, pattern)
+
+
+def key_filter(patterns: Sequence[str]) -> Optional[KeyFilter]:
+    """A filter for PoolWatcher from KEY arguments; None (every key) without any."""
+    if not patterns:
+        return None
+    wanted = list(patterns)
+    return lambda key: any(matches(key, p) for p in wanted)
+
+
+def absent_initial(patterns: Sequence[str], initial: Sequence[Change]) -> List[Change]:
+    """One pool-less, value-less ``initial`` event per KEY argument that no present key matches.
+
+    xenstore-watch fires once at start whatever the state; a hook told "PatchNow is absent" at
+    start can act on that (e.g. clean up after a trigger removed while nobody watched). Without
+    KEY arguments the pattern is ``*``, so an empty set of pools also fires once.
+    """
+    return [
+        Change("initial", None, pattern, None)
+        for pattern in (list(patterns) or ["*"])
+        if not any(matches(c.key, pattern) for c in initial)
+    ]
 
 
 def diff(pool: int, old: Dict[str, str], new: Dict[str, str]) -> List[Change]:
@@ -91,7 +127,10 @@ class PoolWatcher:
         pools: Iterable[int],
         match: Optional[KeyFilter] = None,
         lock_timeout: float = 20.0,
+        rewrites: bool = True,
     ) -> None:
+        """``rewrites``: also report host SETs that stored the value a key already had (from
+        the daemon's host-write log); False reports changes of value only."""
         self.directory = directory
         self.pools = list(pools)
         self._match = match or (lambda key: True)
@@ -110,7 +149,14 @@ class PoolWatcher:
         self._state: Dict[int, Dict[str, str]] = {n: {} for n in self.pools}
         self._dirty: Set[int] = set(self.pools)
         self._retry_at: Optional[float] = None
+        self._rewrites = rewrites
+        self._log_dirty = False
+        self._log_seen = 0
+        self._rewritten: Dict[int, Dict[str, None]] = {n: {} for n in self.pools}  # ordered set
         self._arm()  # watch first, read second: no change between the two is missed
+        if rewrites:
+            logged = read_log(directory)
+            self._log_seen = logged[-1].seq if logged else 0  # only writes from now on count
 
     # ----------------------------------------------------------------- inotify plumbing
 
@@ -157,12 +203,16 @@ class PoolWatcher:
                         self._forget(self._wd)
                     self._wd = None
                     self._dirty.update(self.pools)
+                    self._log_dirty = self._rewrites
                     self._arm()
                 elif event.name in self._names:
                     self._dirty.add(self._names[event.name])
+                elif event.name == LOG_NAME:
+                    self._log_dirty = self._rewrites
             elif event.wd == self._parent_wd and event.name == base:
                 self._arm()
                 self._dirty.update(self.pools)
+                self._log_dirty = self._rewrites
 
     # ----------------------------------------------------------------- state
 
@@ -183,7 +233,25 @@ class PoolWatcher:
             return None
         return {k: v for k, v in full.items() if self._match(k)}
 
+    def _read_log(self) -> None:
+        """Note the host writes logged since the last look (read before the pools they hit)."""
+        self._log_dirty = False
+        logged = read_log(self.directory)
+        if logged and logged[-1].seq < self._log_seen:
+            self._log_seen = 0  # the log was recreated: its entries are all new
+        for entry in logged:
+            if entry.seq <= self._log_seen or entry.pool not in self._rewritten:
+                continue
+            key = entry.key.decode("utf-8", "replace")  # as Record.text_key
+            if self._match(key):
+                self._rewritten[entry.pool][key] = None
+                self._dirty.add(entry.pool)
+        if logged:
+            self._log_seen = max(self._log_seen, logged[-1].seq)
+
     def _refresh(self) -> List[Change]:
+        if self._log_dirty:
+            self._read_log()
         changes: List[Change] = []
         for pool in self.pools:
             if pool not in self._dirty:
@@ -193,7 +261,13 @@ class PoolWatcher:
                 self._retry_at = time.monotonic() + _RETRY_SECONDS
                 continue
             self._dirty.discard(pool)
-            changes.extend(diff(pool, self._state[pool], new))
+            found = diff(pool, self._state[pool], new)
+            reported = {c.key for c in found}
+            for key in self._rewritten[pool]:
+                if key in new and key not in reported:
+                    found.append(Change("modify", pool, key, new[key], new[key]))
+            self._rewritten[pool].clear()
+            changes.extend(found)
             self._state[pool] = new
         return changes
 
@@ -209,7 +283,9 @@ class PoolWatcher:
         while True:
             self._handle(self._ino.read_events())
             now = time.monotonic()
-            if self._dirty and (self._retry_at is None or now >= self._retry_at):
+            if (self._dirty or self._log_dirty) and (
+                self._retry_at is None or now >= self._retry_at
+            ):
                 self._retry_at = None
                 found = self._refresh()
                 if found:
@@ -258,83 +334,3 @@ def wait_for(
         if left is not None and left <= 0:
             return None
         watcher.changes(left)
-
-
-# --------------------------------------------------------------------------- hooks
-
-
-class HookRunner:
-    """Runs one command per event, one at a time, with a per-run timeout; never raises.
-
-    The command gets ``KVP_POOL`` (number), ``KVP_POOL_NAME``, ``KVP_KEY`` and ``KVP_OP`` in its
-    environment and the value on stdin (empty for ``delete``). It runs in its own session, so a
-    timeout kills it and everything it started.
-    """
-
-    def __init__(self, argv: Sequence[str], timeout: Optional[float], grace: float = 2.0) -> None:
-        self.argv = list(argv)
-        self.timeout = timeout
-        self.grace = grace
-        self.current: Optional[subprocess.Popen] = None
-
-    def run(self, change: Change) -> Optional[int]:
-        """The command's exit status, or None if it could not start or timed out."""
-        env = dict(os.environ)
-        env.update(
-            KVP_POOL=str(change.pool),
-            KVP_POOL_NAME=change.pool_name,
-            KVP_KEY=change.key,
-            KVP_OP=change.op,
-        )
-        data = (change.value or "").encode("utf-8")
-        try:
-            proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, env=env, start_new_session=True
-            )
-        except OSError as exc:
-            log.error("cannot run %s: %s", self.argv[0], exc.strerror or exc)
-            return None
-        self.current = proc
-        try:
-            proc.communicate(data, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            log.error(
-                "%s (%s %s) still running after %g s: killed",
-                self.argv[0],
-                change.op,
-                change.key,
-                self.timeout,
-            )
-            self.kill()
-            return None
-        finally:
-            self.current = None
-        if proc.returncode != 0:
-            log.warning(
-                "%s (%s %s) exited with status %d",
-                self.argv[0],
-                change.op,
-                change.key,
-                proc.returncode,
-            )
-        else:
-            log.info("%s (%s %s) done", self.argv[0], change.op, change.key)
-        return proc.returncode
-
-    def kill(self) -> None:
-        """Stop the running command and its process group: SIGTERM, then SIGKILL after grace."""
-        proc = self.current
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, self.grace), (signal.SIGKILL, None)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if proc.stdin:
-            proc.stdin.close()

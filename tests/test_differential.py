@@ -611,6 +611,9 @@ def test_compat_c11_journal_file_beside_the_pools(pair):
     extra = sorted(set(py_names) - set(c_names))
     assert extra == [".pykvpd-journal-kvp_pool_0"]
     assert os.path.getsize(os.path.join(pair.py.pool_dir, extra[0])) == 0  # no change pending
+    pair.step(kset(0, b"k", b"v"))  # the same value again: noted for watchers, bytes unchanged
+    extra = sorted(set(os.listdir(pair.py.pool_dir)) - set(c_names))
+    assert extra == [".pykvpd-host-writes", ".pykvpd-journal-kvp_pool_0"]
 
 
 def test_compat_c12_command_line(tmp_path):

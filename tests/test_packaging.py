@@ -70,6 +70,8 @@ def test_file_list(built):
         "/usr/bin/kvp",
         "/usr/bin/hv_kvp_daemon",
         "/lib/systemd/system/pykvpd.service",
+        "/lib/systemd/system/kvp-watch@.service",
+        "/etc/kvp/hooks/",
         "/lib/udev/rules.d/60-pykvpd.rules",
         "/usr/share/man/man8/pykvpd.8.gz",
         "/usr/share/man/man1/kvp.1.gz",
@@ -86,6 +88,7 @@ def test_file_list(built):
     assert not any(p.startswith(unwanted) for p in paths)
     for shipped, source in (
         ("lib/systemd/system/pykvpd.service", "systemd/pykvpd.service"),
+        ("lib/systemd/system/kvp-watch@.service", "systemd/kvp-watch@.service"),
         ("lib/udev/rules.d/60-pykvpd.rules", "systemd/60-pykvpd.rules"),
     ):
         with open(data / shipped, "rb") as a, open(os.path.join(ROOT, source), "rb") as b:

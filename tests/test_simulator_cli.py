@@ -144,6 +144,43 @@ def test_scenario_failed_check_exits_1_with_json_details(tmp_path):
     assert steps[2]["result"] == [{"key": "K", "value": "v"}]
 
 
+def test_an_unknown_command_fails_the_scenario(tmp_path):
+    """The issue's typo: 'hots add X' used to print an error and then 'all checks passed'."""
+    path = tmp_path / "typo.kvp"
+    path.write_text("hots add X\n")
+    code, text = run(["--scenario", str(path)])
+    assert code == 1, text
+    assert "error: unknown command 'hots' (try 'help')" in text
+    assert text.splitlines()[-1] == "== Done: 1 steps, 1 step(s) failed (line 1)"
+    code, text = run(["--scenario", str(path), "--json"])
+    assert code == 1
+    document = json.loads(text)
+    assert document["ok"] is False
+    assert document["failed_steps"] == [1]
+    assert document["failed_checks"] == 0
+
+
+def test_a_step_that_cannot_run_fails_but_a_checked_host_failure_does_not(tmp_path):
+    path = tmp_path / "s.kvp"
+    path.write_text(
+        "add K v\n"
+        "add K again\n"  # the host refuses (already exists) ...
+        "expect status HV_ERROR_ALREADY_EXISTS\n"  # ... and the scenario says it should
+        "remove Missing\n"  # a host failure nothing checks: fails the run
+        "guest show nopool\n"  # not a pool: the command cannot run
+        "expect guest 0 K v\n"
+        "get 0\n"  # wrong arguments
+    )
+    code, text = run(["--scenario", str(path), "--json"])
+    assert code == 1
+    document = json.loads(text)
+    assert document["failed_steps"] == [4, 5, 7]
+    assert document["failed_checks"] == 0
+    assert [s["ok"] for s in document["steps"]] == [True, False, True, False, False, True, False]
+    path.write_text("add K v\nremove Missing\n")  # unchecked at the very end
+    assert json.loads(run(["--scenario", str(path), "--json"])[1])["failed_steps"] == [2]
+
+
 def test_unreadable_scenario_is_a_usage_error(tmp_path):
     assert run(["--scenario", str(tmp_path / "missing")])[0] == 2
     bad = tmp_path / "bad.json"
@@ -253,3 +290,25 @@ def test_serve_console_reads_commands_until_quit(tmp_path):
     assert "add KEY VALUE [KEY VALUE ...] AddKvpItems (pool 0)" in text
     assert "registrations: 0" in text
     assert "never reached" not in text
+
+
+def test_serve_host_command_without_a_daemon_fails_at_once(tmp_path):
+    """Used to block the console for the whole reply timeout (here 600 s) before HV_E_FAIL."""
+    device = str(tmp_path / "kvp.sock")
+    result = subprocess.run(
+        [sys.executable, "-m", "pykvpd", "simulate", "--serve", device, "--timeout", "600"],
+        input="add K v\nenumerate 0\nquit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,  # a bound far below the 600 s the old console blocked for
+        env=package_env(),
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    failures = [line for line in result.stdout.splitlines() if "-> failed" in line]
+    assert failures == [
+        f"HOST   -> failed: SET 'K' in pool 0 failed: HV_E_FAIL (no daemon is registered on "
+        f"{device}; start one with --device {device})",
+        f"HOST   -> failed: enumeration of pool 0 stopped after 0 items: HV_E_FAIL (no daemon "
+        f"is registered on {device}; start one with --device {device})",
+    ]

@@ -14,7 +14,7 @@ import pytest
 from test_cli_helpers import ROOT, kvp, kvp_argv, rec, write_pool
 
 from pykvpd.store import PoolDir
-from pykvpd.watch import Change, HookRunner, PoolWatcher, diff
+from pykvpd.watch import Change, PoolWatcher, diff
 
 WAIT = 20.0  # generous upper bound for anything to happen; never asserted as a duration
 
@@ -130,57 +130,6 @@ def test_changes_times_out_with_nothing(pooldir):
         assert watcher.changes(0.05) == []
 
 
-# --------------------------------------------------------------------------- hooks
-
-
-def test_hook_gets_env_and_value_on_stdin(tmp_path):
-    out = tmp_path / "out"
-    script = (
-        "import os, sys; open(sys.argv[1], 'w').write("
-        "'|'.join([os.environ[k] for k in ('KVP_POOL', 'KVP_POOL_NAME', 'KVP_KEY', 'KVP_OP')]"
-        " + [sys.stdin.read()]))"
-    )
-    runner = HookRunner([sys.executable, "-c", script, str(out)], timeout=WAIT)
-    assert runner.run(Change("modify", 0, "PatchNow", "yes\nplease", "no")) == 0
-    assert out.read_text() == "0|external|PatchNow|modify|yes\nplease"
-    assert runner.run(Change("delete", 3, "K", None, "old")) == 0
-    assert out.read_text() == "3|auto-external|K|delete|"
-
-
-def test_hook_failures_and_timeouts_do_not_raise(tmp_path, caplog):
-    fail = HookRunner([sys.executable, "-c", "import sys; sys.exit(7)"], timeout=WAIT)
-    assert fail.run(Change("add", 1, "K", "v")) == 7
-    assert "exited with status 7" in caplog.text
-    missing = HookRunner([str(tmp_path / "no-such-command")], timeout=WAIT)
-    assert missing.run(Change("add", 1, "K", "v")) is None
-    assert "cannot run" in caplog.text
-    pidfile = tmp_path / "child"
-    slow = HookRunner(
-        [
-            "sh",
-            "-c",
-            f"sleep 60 & echo $! > {pidfile}; wait",
-        ],
-        timeout=0.5,
-        grace=5,
-    )
-    assert slow.run(Change("add", 1, "K", "v")) is None
-    assert "killed" in caplog.text
-    child = int(pidfile.read_text())
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.05)
-    assert not _alive(child)  # the whole process group went, not just the shell
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 # --------------------------------------------------------------------------- kvp watch / wait
 
 
@@ -212,7 +161,7 @@ def test_kvp_watch_exec_fires_once_per_change_in_order(pooldir, tmp_path):
     )
     write_pool(pooldir, 0, rec(b"PatchNow", b"v0"))
     proc = _start(
-        ["--dir", pooldir, "watch", "PatchNow", "--pool", "external", "--timeout", "10"]
+        ["--dir", pooldir, "watch", "PatchNow", "--pool", "external", "--hook-timeout", "10"]
         + ["--exec", sys.executable, "-c", hook],
         stderr=subprocess.PIPE,
     )
@@ -284,7 +233,8 @@ def test_kvp_wait_timeout_and_success(pooldir):
             proc.kill()
     assert proc.returncode == 0
     assert json.loads(out) == {
-        "version": 1,
+        "version": 2,
+        "found": True,
         "pool": 3,
         "pool_name": "auto-external",
         "key": "Ready",
@@ -294,3 +244,53 @@ def test_kvp_wait_timeout_and_success(pooldir):
         0,
         b"no\n",
     )  # pool 0 first
+
+
+# --------------------------------------------------------------------------- host re-writes
+
+
+def test_logged_same_value_writes_are_modify_events_unless_turned_off(pooldir):
+    from pykvpd.hostwrites import HostWriteLog
+
+    pools = PoolDir(pooldir, create=True)
+    pools.pool(0).set("PatchNow", "1")
+    pools.pool(0).set("Other", "x")
+    writes = HostWriteLog(pooldir)
+    writes.record(0, b"PatchNow")  # written before the watch started: not reported
+    with PoolWatcher(pooldir, [0]) as every, PoolWatcher(pooldir, [0], rewrites=False) as changes:
+        assert ops(every.initial()) == [
+            ("initial", 0, "PatchNow", "1"),
+            ("initial", 0, "Other", "x"),
+        ]
+        changes.initial()
+        for _ in range(2):  # the daemon's part of a host SET PatchNow=1: pool, then the log
+            pools.pool(0).set("PatchNow", "1")
+            writes.record(0, b"PatchNow")
+            (change,) = next_changes(every)
+            assert (change.op, change.key, change.value, change.old_value) == (
+                "modify",
+                "PatchNow",
+                "1",
+                "1",
+            )
+        pools.pool(0).set("Other", "y")
+        assert ops(next_changes(changes)) == [("modify", 0, "Other", "y")]  # nothing before it
+        assert ops(next_changes(every)) == [("modify", 0, "Other", "y")]
+        writes.record(1, b"PatchNow")  # a pool this watch does not follow
+        writes.record(0, b"Gone")  # a key no longer in the pool
+        pools.pool(0).set("End", "1")
+        assert ops(next_changes(every)) == [("add", 0, "End", "1")]
+    writes.close()
+    pools.close()
+
+
+def test_absent_keys_fire_once_at_start():
+    from pykvpd.watch import absent_initial
+
+    present = [Change("initial", 1, "Env", "prod")]
+    assert ops(absent_initial(["PatchNow", "Env", "E*", "X?"], present)) == [
+        ("initial", None, "PatchNow", None),
+        ("initial", None, "X?", None),
+    ]
+    assert ops(absent_initial([], [])) == [("initial", None, "*", None)]
+    assert absent_initial([], present) == []

@@ -3,8 +3,8 @@
 The host side is the simulator's ``Host`` talking through its fake kernel to our daemon, which
 writes pool 0 in a temporary directory. Two watchers follow that pool at the same time, each a
 real ``kvp`` process: one with ``--json`` (events read from its stdout), one with ``--exec`` (a
-hook that appends what it got -- ``KVP_POOL``, ``KVP_POOL_NAME``, ``KVP_KEY``, ``KVP_OP`` and its
-stdin -- as one JSON line to a log).
+hook that appends what it got -- ``KVP_POOL``, ``KVP_POOL_NAME``, ``KVP_KEY``, ``KVP_OP``,
+``KVP_VALUE``, ``KVP_OLD_VALUE`` and its stdin -- as one JSON line to a log).
 
 Watch events are differences between successive reads of the file, so two quick changes of one
 key may coalesce (xenstore semantics, docs/kvp.md). "Exactly once per change" is therefore
@@ -36,7 +36,8 @@ WAIT = 20.0  # upper bound for an event to arrive; never asserted as a duration
 HOOK = r"""
 import json, os, sys
 data = sys.stdin.buffer.read().decode("utf-8")
-entry = {name: os.environ.get(name) for name in ("KVP_POOL", "KVP_POOL_NAME", "KVP_KEY", "KVP_OP")}
+names = ("KVP_POOL", "KVP_POOL_NAME", "KVP_KEY", "KVP_OP", "KVP_VALUE", "KVP_OLD_VALUE")
+entry = {name: os.environ.get(name) for name in names}
 entry["stdin"] = data
 with open(sys.argv[1], "a", encoding="utf-8") as log:
     log.write(json.dumps(entry) + "\n")
@@ -46,9 +47,9 @@ with open(sys.argv[1], "a", encoding="utf-8") as log:
 class JsonWatch:
     """``kvp -p 0 watch --json``, its stdout lines collected by a thread."""
 
-    def __init__(self, pool_dir: str) -> None:
+    def __init__(self, pool_dir: str, *options: str) -> None:
         self.proc = subprocess.Popen(
-            kvp_cmd(pool_dir, "--json", "watch"),
+            kvp_cmd(pool_dir, "--json", "watch", *options),
             stdout=subprocess.PIPE,
             env=child_env(),
             cwd=ROOT,
@@ -124,20 +125,22 @@ def kvp_cmd(pool_dir: str, *args: str) -> List[str]:
     return [sys.executable, "-m", "pykvpd.cli", "--dir", pool_dir, "-p", "0", *args]
 
 
-def as_exec(op: str, key: str, value: Optional[str]) -> dict:
+def as_exec(op: str, key: str, value: Optional[str], old: Optional[str] = None) -> dict:
     """What the hook logs for one event on pool 0."""
     return {
         "KVP_POOL": "0",
         "KVP_POOL_NAME": "external",
         "KVP_KEY": key,
         "KVP_OP": op,
+        "KVP_VALUE": value,
+        "KVP_OLD_VALUE": old,
         "stdin": value or "",
     }
 
 
 def as_json(op: str, key: str, value: Optional[str], old: Optional[str] = None) -> dict:
     return {
-        "version": 1,
+        "version": 2,
         "op": op,
         "pool": 0,
         "pool_name": "external",
@@ -175,7 +178,7 @@ def watchers(vm, tmp_path):
 def both(js: JsonWatch, ex: ExecWatch, *events: tuple) -> None:
     """Both watchers report exactly these (op, key, value, old_value) events next, in order."""
     assert js.take(len(events)) == [as_json(*e) for e in events]
-    assert ex.take(len(events)) == [as_exec(*e[:3]) for e in events]
+    assert ex.take(len(events)) == [as_exec(*e) for e in events]
 
 
 def test_host_changes_fire_once_each_in_order(vm, watchers):
@@ -189,7 +192,10 @@ def test_host_changes_fire_once_each_in_order(vm, watchers):
     both(js, ex, ("add", "Count", "42", None))
     host.modify_kvp_items({"Env": "staging"})
     both(js, ex, ("modify", "Env", "staging", "prod"))
-    host.modify_kvp_items({"Env": "staging"})  # rewritten by the daemon, but nothing changed
+    host.modify_kvp_items({"Env": "staging"})  # the same value again: a trigger fires each time
+    both(js, ex, ("modify", "Env", "staging", "staging"))
+    host.modify_kvp_items({"Env": "staging"})
+    both(js, ex, ("modify", "Env", "staging", "staging"))
     host.add_kvp_items({"Script": "line 1\nline 2 é ☃\n"})
     both(js, ex, ("add", "Script", "line 1\nline 2 é ☃\n", None))
     host.remove_kvp_items(["Count"])
@@ -236,3 +242,20 @@ def test_bursts_of_host_changes_are_neither_lost_nor_repeated(vm, watchers):
     host.add_kvp_items({"End": "sentinel"})
     both(js, ex, ("add", "End", "sentinel", None))
     assert sorted(vm.records(0)) == [("End", "sentinel"), ("Ready", "1")]  # C14: order
+
+
+def test_changes_only_skips_same_value_host_writes(vm):
+    vm.host.add_kvp_items({"PatchNow": "1"})
+    every, changes = JsonWatch(vm.pool_dir), JsonWatch(vm.pool_dir, "--changes-only")
+    try:
+        for watch in (every, changes):
+            assert watch.take(1) == [as_json("initial", "PatchNow", "1")]
+        vm.host.modify_kvp_items({"PatchNow": "1"})
+        assert every.take(1) == [as_json("modify", "PatchNow", "1", "1")]
+        vm.host.modify_kvp_items({"PatchNow": "2"})
+        # The same-value write would come out before this change; --changes-only has only it.
+        assert changes.take(1) == [as_json("modify", "PatchNow", "2", "1")]
+        assert every.take(1) == [as_json("modify", "PatchNow", "2", "1")]
+    finally:
+        every.stop()
+        changes.stop()

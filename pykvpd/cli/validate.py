@@ -1,32 +1,34 @@
-"""``kvp`` input checks: keys and values from the command line against the pool limits."""
+"""``kvp`` input checks: keys and values against the pool limits, durations and counts."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Tuple
 
-from ..store import KEY_SIZE, VALUE_SIZE
+from ..store import (
+    KEY_SIZE,
+    SAFE_KEY_BYTES,
+    SAFE_VALUE_BYTES,
+    VALUE_SIZE,
+    InvalidRecord,
+    check_field,
+)
 from .errors import usage
 
-SAFE_KEY_BYTES = 254  # what the host can read back after the kernel's UTF-16 conversion
-SAFE_VALUE_BYTES = 1022
 UNSAFE_KEY_BYTES = KEY_SIZE - 1
 UNSAFE_VALUE_BYTES = VALUE_SIZE - 1
+_MAX_SECONDS = 366 * 24 * 3600.0  # a longer limit is a typo, not a plan
 
 
 def checked(raw: bytes, what: str, limit: int, unsafe: bool) -> bytes:
     """``raw`` if it is a storable key/value; a usage error naming the limit and size if not."""
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise usage(f"{what} contains a NUL byte (at byte {nul})")
+    hint = "" if unsafe else " (--unsafe allows more, but the host may not see it whole)"
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise usage(f"{what} is not valid UTF-8 (byte {exc.start})") from None
-    if len(raw) > limit:
-        hint = "" if unsafe else " (--unsafe allows more, but the host may not see it whole)"
-        raise usage(f"{what} is {len(raw)} UTF-8 bytes; the limit is {limit}{hint}")
+        check_field(raw, what, limit, hint)
+    except InvalidRecord as exc:
+        raise usage(str(exc)) from None
     return raw
 
 
@@ -48,3 +50,45 @@ def check_key(args: argparse.Namespace, key: str) -> bytes:
     if not raw:
         raise usage("key is empty")
     return checked(raw, "key", limits(args)[0], args.unsafe)
+
+
+def seconds(text: str) -> float:
+    """A duration: a finite, non-negative number of seconds, at most a year."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    if value > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} s is more than a year")
+    return value
+
+
+def run_limit(text: str) -> float:
+    """A per-run limit: a duration above zero (0 would stop every run at once)."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 would stop every run at once")
+    return value
+
+
+def count(text: str) -> int:
+    """-n: a whole number of events, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1000000000")
+    return value
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: a whole number (the command checks its range)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None

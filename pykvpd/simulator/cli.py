@@ -1,7 +1,8 @@
 """``pykvpd simulate`` / ``python -m pykvpd.simulator``: demo, scenarios and serve mode.
 
-Exit status: 0 everything worked; 1 a check failed or the daemon did not come up; 2 usage
-error or unreadable scenario.
+Exit status: 0 everything worked; 1 a check or a step failed (an unknown command, a command
+that could not run, a host failure no ``expect status`` follows) or the daemon did not come up;
+2 usage error or unreadable scenario.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def run_scenario(
         on_event=on_event,
         guest_parameters=guest_parameters,
     )
-    results = []
+    results: List[dict] = []
+    failed: List[dict] = []  # steps that fail the run besides failed checks
     try:
         try:
             guest.start()
@@ -142,17 +144,44 @@ def run_scenario(
             transcript.finish({"ok": False, "error": str(exc), "steps": []})
             return 1
         session = Session(guest.host, transcript, guest=guest)
+        unchecked: Optional[dict] = None  # a failed host command not yet followed by a check
         for number, words in steps:
             transcript.say("info", f"[{number}] {' '.join(words)}")
+            checks_before = session.failed_checks
             try:
                 result = session.execute(words)
             except Quit:
                 break
-            results.append({"line": number, "command": words, **result})
+            step = {"line": number, "command": words, **result}
+            results.append(step)
+            if unchecked is not None and [w.lower() for w in words[:2]] != ["expect", "status"]:
+                failed.append(unchecked)
+            unchecked = None
+            if result["ok"] or session.failed_checks > checks_before:
+                continue  # a failed check is counted as one already
+            if "status" in result:
+                unchecked = step  # the host got a failure status: 'expect status' may want it
+            else:
+                failed.append(step)  # unknown command, bad arguments, a guest tool that failed
+        if unchecked is not None:
+            failed.append(unchecked)
     finally:
         guest.close(keep=keep)
-    ok = session.failed_checks == 0
-    summary = "all checks passed" if ok else f"{session.failed_checks} check(s) failed"
+    ok = session.failed_checks == 0 and not failed
+    problems = []
+    if session.failed_checks:
+        problems.append(f"{session.failed_checks} check(s) failed")
+    if failed:
+        lines = ", ".join(str(s["line"]) for s in failed)
+        problems.append(f"{len(failed)} step(s) failed (line {lines})")
+    summary = "; ".join(problems) if problems else "all checks passed"
     transcript.section(f"Done: {len(results)} steps, {summary}")
-    transcript.finish({"ok": ok, "failed_checks": session.failed_checks, "steps": results})
+    transcript.finish(
+        {
+            "ok": ok,
+            "failed_checks": session.failed_checks,
+            "failed_steps": [s["line"] for s in failed],
+            "steps": results,
+        }
+    )
     return 0 if ok else 1

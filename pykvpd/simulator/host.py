@@ -91,11 +91,18 @@ class Item:
 class HostError(Exception):
     """A host operation failed; ``status`` is what the host received (or decided locally)."""
 
-    def __init__(self, status: int, message: str, partial: Optional[List[Item]] = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        partial: Optional[List[Item]] = None,
+        detail: str = "",
+    ) -> None:
         self.status = status
         self.status_name = _LOCAL_NAMES.get(status) or status_name(status)
         self.partial = partial or []  # items enumerated before the failure
-        super().__init__(f"{message}: {self.status_name}")
+        why = f" ({detail})" if detail else ""  # the kernel's own reason, e.g. no daemon
+        super().__init__(f"{message}: {self.status_name}{why}")
 
 
 def typed(value: Value) -> Tuple[Union[str, int], int]:
@@ -154,6 +161,7 @@ class Host:
         self.guest_parameters: Dict[str, Value] = dict(DEFAULT_GUEST_PARAMETERS)
         if guest_parameters:
             self.guest_parameters.update(guest_parameters)
+        self.last_detail = ""  # why the kernel failed the last request itself, if it did
         self._external: Dict[str, Value] = {}
         self._host_only: Dict[str, Value] = {}
 
@@ -161,19 +169,25 @@ class Host:
 
     def request(self, request: HostRequest) -> HostReply:
         """One request on the channel; the reply as the host received it."""
-        return self.kernel.submit(request, self.timeout)
+        reply = self.kernel.submit(request, self.timeout)
+        self.last_detail = reply.detail
+        return reply
 
     def _set(self, pool: int, name: str, value: Value) -> None:
         _check_fits(name, value)
         raw, value_type = typed(value)
         reply = self.request(HostRequest(p.OP_SET, pool, name, raw, value_type))
         if reply.status != p.HV_S_OK:
-            raise HostError(reply.status, f"SET {name!r} in pool {pool} failed")
+            raise HostError(
+                reply.status, f"SET {name!r} in pool {pool} failed", detail=reply.detail
+            )
 
     def _delete(self, pool: int, name: str) -> None:
         reply = self.request(HostRequest(p.OP_DELETE, pool, name))
         if reply.status != p.HV_S_OK:
-            raise HostError(reply.status, f"DELETE {name!r} in pool {pool} failed")
+            raise HostError(
+                reply.status, f"DELETE {name!r} in pool {pool} failed", detail=reply.detail
+            )
 
     # ------------------------------------------------------------------ External pool (0)
 
@@ -255,6 +269,7 @@ class Host:
                 status,
                 f"enumeration of pool {pool} stopped after {len(items)} items",
                 partial=items,
+                detail=self.last_detail,
             )
         return items
 
@@ -270,7 +285,9 @@ class Host:
         """GET one key (not issued by real Hyper-V; the C daemon answers it with an empty value)."""
         reply = self.request(HostRequest(p.OP_GET, pool, name))
         if reply.status != p.HV_S_OK:
-            raise HostError(reply.status, f"GET {name!r} in pool {pool} failed")
+            raise HostError(
+                reply.status, f"GET {name!r} in pool {pool} failed", detail=reply.detail
+            )
         return Item(name, reply.value, pool)
 
     # ------------------------------------------------------------------ IP information
@@ -280,7 +297,7 @@ class Host:
         info = p.IpInfo(adapter_id=_mac_adapter_id(mac), addr_family=addr_family)
         reply = self.request(HostRequest(p.OP_GET_IP_INFO, p.POOL_GUEST, ip=info))
         if reply.status != p.HV_S_OK or reply.ip is None:
-            raise HostError(reply.status, f"GET_IP_INFO {info.adapter_id}")
+            raise HostError(reply.status, f"GET_IP_INFO {info.adapter_id}", detail=reply.detail)
         return reply.ip
 
     def set_ip_info(
@@ -307,7 +324,7 @@ class Host:
         )
         reply = self.request(HostRequest(p.OP_SET_IP_INFO, p.POOL_GUEST, ip=info))
         if reply.status != p.HV_S_OK:
-            raise HostError(reply.status, f"SET_IP_INFO {adapter_id}")
+            raise HostError(reply.status, f"SET_IP_INFO {adapter_id}", detail=reply.detail)
 
 
 def _families(ip_list: str) -> int:

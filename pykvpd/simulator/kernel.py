@@ -351,9 +351,13 @@ class FakeKernel:
         timeout: float = DEFAULT_TIMEOUT,
         version: str = DRIVER_VERSION,
         on_event: Optional[Callable[[Event], None]] = None,
+        register_wait: Optional[float] = None,
     ) -> None:
+        """``register_wait``: how long a request waits for a daemon to be registered (default:
+        the reply timeout); 0 fails it at once, as an interactive console wants."""
         self.path = path
         self.timeout = timeout
+        self.register_wait = register_wait
         self.version = version
         self.on_event = on_event
         self.version_seen: Optional[int] = None  # register op of the last handshake: 100 or 4
@@ -509,12 +513,17 @@ class FakeKernel:
         return result
 
     def _queue(self, raw_msg: bytes, limit: float) -> _Pending:
+        wait = limit if self.register_wait is None else min(limit, self.register_wait)
         with self._lock:
-            ready = self._lock.wait_for(lambda: self._state == STATE_READY or self._stopping, limit)
+            ready = self._lock.wait_for(lambda: self._state == STATE_READY or self._stopping, wait)
             if self._stopping:
                 raise NotRegistered("the simulated device is closed")
+            if not ready and wait <= 0:
+                raise NotRegistered(
+                    f"no daemon is registered on {self.path}; start one with --device {self.path}"
+                )
             if not ready:
-                raise NotRegistered(f"no daemon registered within {limit:g} s")
+                raise NotRegistered(f"no daemon registered within {wait:g} s")
             pending = _Pending()
             self._pending = pending
             self._state = STATE_REQ

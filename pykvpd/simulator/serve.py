@@ -58,7 +58,11 @@ class Server:
         self.transcript = Transcript(out, as_json=as_json)
         self.out = out
         self.as_json = as_json
-        self.kernel = FakeKernel(device, timeout=timeout, on_event=self._on_event)
+        # A host command typed while no daemon is registered fails at once (with the reason)
+        # instead of blocking the console for the reply timeout; 'wait' waits for a daemon.
+        self.kernel = FakeKernel(
+            device, timeout=timeout, on_event=self._on_event, register_wait=0.0
+        )
         self.session = Session(Host(self.kernel), self.transcript, pool_dir=pool_dir)
         self.control_path = control
         self.stopped = threading.Event()

@@ -3,21 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
-from typing import Any, Callable, Dict, Optional, Sequence
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
 
-from ...watch import OPS, Change, HookRunner, PoolWatcher
+from ...hooks import HookError, HookRunner, resolve_command
+from ...store import POOL_LABELS
+from ...watch import OPS, Change, PoolWatcher, absent_initial, key_filter
 from ..access import ALL_POOLS, pool_directory
-from ..errors import EXIT_OK, usage
+from ..errors import EXIT_NOT_FOUND, EXIT_OK, CliError, usage
 from ..output import SCHEMA_VERSION, Output, escape
+from ..validate import count, run_limit, seconds
+
+log = logging.getLogger("kvp")
+
+EXIT_HOOK_FAILED = 4  # --exit-on-failure: a run of the --exec command failed
+
+
+FORMATS = ("json", "null", "raw")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("keys", nargs="*", metavar="KEY", help="keys or glob patterns (default: all)")
     p.add_argument("--op", metavar="OPS", help="only these ops: initial,add,modify,delete")
-    p.add_argument("--no-initial", action="store_true", help="skip the events for current state")
-    p.add_argument("-n", "--count", type=int, metavar="N", help="exit after N events")
-    p.add_argument("--timeout", type=float, metavar="S", help="per-run timeout of --exec")
+    p.add_argument("--no-initial", action="store_true", help="skip the events for the start state")
+    p.add_argument(
+        "--changes-only",
+        action="store_true",
+        help="no event when the host re-writes a key with the value it has",
+    )
+    p.add_argument("-n", "--count", type=count, metavar="N", help="exit after N events")
+    p.add_argument(
+        "--timeout", type=seconds, metavar="S", help="exit 1 after S seconds in all (as wait)"
+    )
+    p.add_argument(
+        "--hook-timeout", type=run_limit, metavar="S", help="stop a run of --exec after S seconds"
+    )
+    p.add_argument(
+        "--exit-on-failure", action="store_true", help="exit 4 when a run of --exec fails"
+    )
     p.add_argument(
         "--exec",
         nargs=argparse.REMAINDER,
@@ -26,42 +51,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def key_filter(patterns: Sequence[str]) -> Optional[Callable[[str], bool]]:
-    if not patterns:
-        return None
-    exact = set(patterns)
-    globs = [p for p in patterns if any(c in p for c in "*?[")]
-    return lambda key: key in exact or any(fnmatch.fnmatchcase(key, g) for g in globs)
-
-
 def change_json(change: Change) -> Dict[str, Any]:
     return {
         "version": SCHEMA_VERSION,
         "op": change.op,
         "pool": change.pool,
-        "pool_name": change.pool_name,
+        "pool_name": change.pool_name or None,
         "key": change.key,
         "value": change.value,
         "old_value": change.old_value,
     }
 
 
-def run(args: argparse.Namespace, out: Output) -> int:
+def change_line(change: Change, raw: bool) -> str:
+    """``OP<TAB>POOL<TAB>KEY<TAB>VALUE``: the key always escaped (as ``list`` does), so a
+    host-supplied key holding a TAB or newline cannot forge fields or event lines."""
+    value = "" if change.value is None else change.value
+    key = escape(change.key.encode("utf-8", "surrogateescape"))
+    shown = value if raw else escape(value.encode("utf-8", "surrogateescape"))
+    return f"{change.op}\t{change.pool_name}\t{key}\t{shown}"
+
+
+def _checked(args: argparse.Namespace) -> set:
+    """The ops to report; usage errors for option combinations that cannot work."""
     ops = set(OPS)
     if args.op:
         ops = {o.strip() for o in args.op.split(",") if o.strip()}
         unknown = ops - set(OPS)
         if unknown:
             raise usage(f"unknown op {sorted(unknown)[0]!r}: use {', '.join(OPS)}")
-    if args.exec is not None and not args.exec:
+    if args.exec is None:
+        if args.hook_timeout is not None:
+            raise usage("--hook-timeout limits each run of --exec; there is no --exec")
+        if args.exit_on_failure:
+            raise usage("--exit-on-failure needs --exec")
+    elif not args.exec:
         raise usage("--exec needs a command")
-    if args.timeout is not None and args.exec is None:
-        raise usage("--timeout is the per-run timeout of --exec")
-    if args.count is not None and args.count < 1:
-        raise usage("--count must be at least 1")
-    runner = HookRunner(args.exec, args.timeout) if args.exec else None
+    return ops
+
+
+class TimedOut(Exception):
+    """--timeout passed (exit 1)."""
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    ops = _checked(args)
+    runner = None
+    if args.exec:
+        try:
+            program = resolve_command(args.exec[0])
+        except HookError as exc:
+            raise usage(str(exc)) from None
+        runner = HookRunner([program, *args.exec[1:]], args.hook_timeout)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     numbers = args.pools or list(ALL_POOLS)
     emitted = 0
+
+    def left() -> Optional[float]:
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimedOut()
+        return remaining
 
     def emit(change: Change) -> bool:
         """Handle one event; True when --count is reached."""
@@ -69,30 +121,49 @@ def run(args: argparse.Namespace, out: Output) -> int:
         if change.op not in ops:
             return False
         if runner is not None:
-            runner.run(change)
+            status = runner.run(change, left())
+            if status is None and deadline is not None and time.monotonic() >= deadline:
+                raise TimedOut()
+            if status != 0 and args.exit_on_failure:
+                what = "was stopped" if status is None else f"failed (status {status})"
+                raise CliError(f"--exit-on-failure: {args.exec[0]} {what}", EXIT_HOOK_FAILED)
         elif args.json:
             out.json(change_json(change))
         elif args.null:
             fields = (change.op, change.pool_name, change.key, change.value or "")
             out.write(b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields))
         else:
-            value = "" if change.value is None else change.value
-            shown = value if args.raw else escape(value.encode("utf-8", "surrogateescape"))
-            out.line(f"{change.op}\t{change.pool_name}\t{change.key}\t{shown}")
+            out.line(change_line(change, args.raw))
         emitted += 1
         return args.count is not None and emitted >= args.count
 
-    watcher = PoolWatcher(pool_directory(args), numbers, key_filter(args.keys), args.lock_timeout)
+    watcher = PoolWatcher(
+        pool_directory(args),
+        numbers,
+        key_filter(args.keys),
+        args.lock_timeout,
+        rewrites=not args.changes_only,
+    )
     try:
         first = watcher.initial()
+        first += absent_initial(args.keys, first)
+        names = ", ".join(POOL_LABELS[n] for n in numbers)
+        armed = f"watching {' '.join(args.keys) or 'every key'} in {names}"
+        log.info("%s", armed)
+        if os.environ.get("NOTIFY_SOCKET"):  # Type=notify (kvp-watch@.service): armed now,
+            from ...service import Notifier  # so a host write right after start is not lost
+
+            Notifier().ready(armed)
         for change in [] if args.no_initial else first:
             if emit(change):
                 return EXIT_OK
         while True:
-            for change in watcher.changes():
+            for change in watcher.changes(left()):
                 if emit(change):
                     return EXIT_OK
+    except TimedOut:
+        if not args.quiet:
+            log.error("timed out after %g s", args.timeout)
+        return EXIT_NOT_FOUND
     finally:
-        if runner is not None:
-            runner.kill()
         watcher.close()
