@@ -13,7 +13,7 @@ import re
 
 import nspawn
 import pytest
-from test_systemd_real import prepare, show, wait_active, wait_for
+from systemd_guest import Guest, wait_for
 from test_watch_unit import doc_block
 
 
@@ -40,14 +40,16 @@ def install_hook(ct: nspawn.Container, key: str, text: str) -> None:
 
 def test_template_unit_runs_the_hook_per_host_write_and_stops_it(deb, image):
     with nspawn.Container(image) as ct:
-        host = prepare(ct, deb)
+        guest = Guest(ct, deb)
+        host = guest.host
         ct.install_deb(deb)
-        wait_active(ct)
+        guest.wait_active()
         install_hook(ct, "PatchNow", doc_block("#!/bin/sh"))
         ct.run(["systemctl", "enable", "--now", "kvp-watch@PatchNow.service"])
         unit = "kvp-watch@PatchNow.service"
         wait_for(
-            lambda: show(ct, unit, "ActiveState")["ActiveState"] == "active", what=f"{unit} active"
+            lambda: guest.show(unit, "ActiveState")["ActiveState"] == "active",
+            what=f"{unit} active",
         )
 
         def status() -> str:
@@ -83,11 +85,11 @@ def test_template_unit_runs_the_hook_per_host_write_and_stops_it(deb, image):
         # A missing hook fails the unit at once and it is not restarted.
         ct.run(["systemctl", "start", "kvp-watch@Missing.service"], check=False)
         wait_for(
-            lambda: show(ct, "kvp-watch@Missing.service", "ActiveState")["ActiveState"]
+            lambda: guest.show("kvp-watch@Missing.service", "ActiveState")["ActiveState"]
             == "failed",
             what="kvp-watch@Missing.service failed",
         )
         # "failed", not "activating (auto-restart)": no restart is scheduled, none happened.
-        state = show(ct, "kvp-watch@Missing.service", "NRestarts", "ExecMainStatus")
+        state = guest.show("kvp-watch@Missing.service", "NRestarts", "ExecMainStatus")
         assert state == {"NRestarts": "0", "ExecMainStatus": "2"}
         assert "/etc/kvp/hooks/Missing: no such file" in ct.journal("kvp-watch@Missing.service")
