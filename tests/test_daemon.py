@@ -13,8 +13,9 @@ import time
 import pytest
 
 from pykvpd import protocol as p
-from pykvpd.daemon import Daemon, build_parser, main
+from pykvpd.daemon import Daemon
 from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.startup import build_parser, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
