@@ -67,8 +67,9 @@ def resolve_command(name: str) -> str:
 def hook_environment(change: Change) -> dict:
     """The environment of one run: ours plus the event (value also on stdin)."""
     env = dict(os.environ)
-    for name in ("KVP_VALUE", "KVP_OLD_VALUE"):
-        env.pop(name, None)  # inherited ones would describe some other event
+    # Inherited ones would describe some other event, or make the hook speak for the service.
+    for name in ("KVP_VALUE", "KVP_OLD_VALUE", "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC"):
+        env.pop(name, None)
     env.update(
         KVP_OP=change.op,
         KVP_POOL="" if change.pool is None else str(change.pool),

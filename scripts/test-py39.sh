@@ -121,7 +121,7 @@ inside() {
             cd /src
             # Built (with its C shim) and installed as a user would; then the shim in place too,
             # since the tests import the package from the source tree.
-            "$py" -m pip install -q ".[test,systemd,udev]"
+            "$py" -m pip install -q ".[test,systemd]"
             "$py" pykvpd/_shim_build.py >/dev/null
             "$py" -c "import sys; print(\"test-py39: Python\", sys.version.split()[0])"
             # The installed commands, away from the source tree: a pool written and read back

@@ -162,3 +162,15 @@ def test_resolve_command_refuses_missing_and_non_executable(tmp_path, monkeypatc
     assert resolve_command("tool") == str(tool)
     assert resolve_command(str(tool)) == str(tool)
     assert os.access(resolve_command(str(tool)), os.X_OK)
+
+
+def test_the_hook_cannot_speak_for_the_service(tmp_path, monkeypatch):
+    """kvp-watch@.service is Type=notify: its hooks must not get the notify socket."""
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    out = tmp_path / "env"
+    script = f"env > {out}"
+    assert HookRunner(["sh", "-c", script], timeout=WAIT).run(Change("add", 1, "K", "v")) == 0
+    names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
+    assert "KVP_KEY" in names
+    assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}

@@ -300,6 +300,88 @@ def assert_static(guest: Guest, stack: str, fields: Dict[str, str]) -> None:
     assert stack_dns(guest, stack) == fields["dns_addr"].split(";")
 
 
+def stack_state(guest: Guest, stack: str) -> Dict[str, object]:
+    """Everything a SET_IP_INFO could change on the stack: the link's addresses, routes and DNS
+    servers, every configuration file of the stacks, which profile is applied, and the
+    invocation of each stack's unit and of our ifup unit (a restart or a start changes it)."""
+    files = guest.sh("sh", "-c", "find /etc/NetworkManager /etc/systemd/network /etc/network "
+                     "/run/NetworkManager/system-connections -type f -exec sha256sum {} + "
+                     "2>/dev/null | sort", check=False)
+    units = ("NetworkManager", "systemd-networkd", "systemd-resolved", "networking",
+             "pykvpd-ifup-eth0")
+    state: Dict[str, object] = {
+        "addresses": guest.addresses(), "gateways": guest.gateways("-4") + guest.gateways("-6"),
+        "dns": stack_dns(guest, stack), "files": files,
+        "units": guest.sh("systemctl", "show", "-p", "Id,InvocationID", *units)}
+    if stack == "NetworkManager":
+        state["profiles"] = guest.sh("nmcli", "-t", "-f", "UUID,DEVICE", "connection", "show")
+    return state
+
+
+def set_injection(guest: Guest, mode: str) -> None:
+    """ip_injection = MODE in /etc/pykvpd.conf, then systemctl reload, as an operator would."""
+    def reloads() -> int:
+        return guest.ct.journal("pykvpd").count("configuration reloaded from /etc/pykvpd.conf")
+
+    before = reloads()
+    guest.write("/etc/pykvpd.conf", f"[pykvpd]\nip_injection = {mode}\n")
+    guest.sh("systemctl", "reload", "pykvpd")
+    guest.wait(lambda: reloads() > before, f"pykvpd reloaded with ip_injection = {mode}")
+
+
+HYPERV_STATE = ("/var/lib/hyperv/ifcfg-eth0", "/var/lib/hyperv/eth0.nmconnection")
+
+
+def assert_dry_run_and_off_touch_nothing(guest: Guest, stack: str, dry_run_status: int) -> None:
+    """dry-run: the request is checked and the plan logged, the stack is untouched (only the
+    daemon's own ifcfg/keyfile state files are written, as documented); off: not even those."""
+    before = stack_state(guest, stack)
+    set_injection(guest, "dry-run")
+    assert guest.set(**STATIC) == dry_run_status, guest.ct.journal("pykvpd", "-n", "20")
+    if dry_run_status == p.HV_S_OK:
+        logged = guest.ct.journal("pykvpd", "-n", "10")
+        backend = {"networkd": "systemd-networkd"}.get(stack, stack.split("-")[0])
+        assert f"via {backend}\n" in logged and "SET_IP_INFO dry-run, would" in logged
+        assert "IPADDR0=192.0.2.10\n" in guest.sh("cat", HYPERV_STATE[0])
+    assert stack_state(guest, stack) == before
+
+    set_injection(guest, "off")
+    written = [guest.sh("cat", path) for path in HYPERV_STATE]
+    assert guest.set(**SECOND) == p.HV_E_FAIL
+    assert "refused: IP injection is off" in guest.ct.journal("pykvpd", "-n", "5")
+    assert stack_state(guest, stack) == before
+    assert [guest.sh("cat", path) for path in HYPERV_STATE] == written
+    set_injection(guest, "on")
+
+
+def assert_killed_networkd_has_no_say(guest: Guest) -> None:
+    """A SIGKILLed networkd leaves /run/systemd/netif/links/* behind (a clean stop removes
+    them); the administrator then configures eth0 statically with ifupdown. GET_IP_INFO must
+    follow ifupdown, and SET_IP_INFO must neither revive networkd through networkctl's D-Bus
+    activation nor take the link down when it cannot write ifupdown's configuration (this unit
+    has no ip-injection.conf drop-in)."""
+    guest.write("/run/systemd/system/systemd-networkd.service.d/no-restart.conf",
+                "[Service]\nRestart=no\n")
+    guest.sh("systemctl", "daemon-reload")
+    guest.sh("systemctl", "stop", "systemd-networkd.socket")
+    guest.sh("systemctl", "kill", "--signal=KILL", "systemd-networkd")
+    guest.wait(lambda: guest.sh("systemctl", "is-active", "systemd-networkd",
+                                check=False).strip() != "active", "networkd killed")
+    assert guest.sh("ls", "/run/systemd/netif/links").split()  # what is being tested
+    guest.write("/etc/network/interfaces.d/eth0", "auto eth0\niface eth0 inet static\n"
+                "    address 192.0.2.30/24\n    gateway 192.0.2.1\n")
+    guest.sh("ip", "-4", "addr", "flush", "dev", "eth0")
+    guest.sh("ifup", "eth0")
+    got = reported(guest.get())
+    assert got["addresses"] == guest.addresses()
+    assert "192.0.2.30/24" in got["addresses"] and got["dhcp"] == 0
+    before = guest.addresses()
+    assert guest.set(**STATIC) == p.HV_E_FAIL
+    assert "nothing was changed" in guest.ct.journal("pykvpd", "-n", "3")
+    assert guest.addresses() == before
+    assert guest.sh("systemctl", "is-active", "systemd-networkd", check=False).strip() != "active"
+
+
 STACKS = ["NetworkManager", "networkd", "ifupdown-resolvconf"]
 
 
@@ -352,6 +434,10 @@ def test_real_stack_get_set_replace_back_to_dhcp(stack, rootfs_all, rootfs_resol
         if stack.startswith("ifupdown"):
             assert guest.sh("pgrep", "-x", "dhclient", check=False).split()
 
+        assert_dry_run_and_off_touch_nothing(guest, stack, dry_run_status=p.HV_S_OK)
+        if stack == "networkd":
+            assert_killed_networkd_has_no_say(guest)
+
 
 def test_ifupdown_without_resolvconf(rootfs_all, deb):
     """Fix 3 and 4: DNS is refused (not dropped), static without DNS and DHCP work."""
@@ -372,3 +458,5 @@ def test_ifupdown_without_resolvconf(rootfs_all, deb):
         # dhclient-script ran outside the sandbox: it wrote the lease's server.
         assert stack_dns(guest, "ifupdown") == [LEASE_DNS]
         assert guest.dhclients_in_pykvpd() == []
+        # dry-run gives the answer a real run would: DNS servers cannot be applied here.
+        assert_dry_run_and_off_touch_nothing(guest, "ifupdown", dry_run_status=p.HV_E_FAIL)

@@ -2,10 +2,10 @@
 
 The walkthrough runs the unit's own ExecStart= (read from the unit file, %I and
 $KVP_WATCH_OPTIONS expanded as systemd does) against our daemon and the simulated host, with the
-hook text taken from docs/kvp.md. Three things differ from a guest, and only these: the program
+hook text taken from docs/kvp.md, and the test waits for the READY=1 that systemd would (a
+NOTIFY_SOCKET of its own). Two things differ from a guest, and only these: the program
 ``/usr/bin/kvp`` is a wrapper running this tree's ``kvp`` on the test's pool directory (``--dir``),
-the hook directory is a temporary one instead of ``/etc/kvp/hooks``, and ``-v`` is added to the
-options so the test knows when the watch is armed (its "watching" line).
+and the hook directory is a temporary one instead of ``/etc/kvp/hooks``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import queue
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -97,6 +98,7 @@ def test_unit_contract():
         "/usr/bin/kvp --pool external watch $KVP_WATCH_OPTIONS %I --exec /etc/kvp/hooks/%I"
     ]
     assert s["Environment"] == ["KVP_WATCH_OPTIONS=--no-initial"]
+    assert (s["Type"], s["NotifyAccess"]) == (["notify"], ["main"])  # active once armed
     assert s["RestartPreventExitStatus"] == ["2"]  # a missing hook: fail, do not loop
     assert s["KillMode"] == ["control-group"]  # stopping the unit stops a hook's leftovers too
     assert s["CapabilityBoundingSet"] == [""]
@@ -185,15 +187,20 @@ def test_patching_walkthrough_through_the_simulator(tmp_path):
         env = dict(os.environ, PYTHONPATH=ROOT, PATH=f"{bin_dir}:{os.environ['PATH']}")
 
         vm.host.add_kvp_items({"PatchNow": "0"})  # left from an earlier run: must not fire
-        argv = exec_start(str(kvp), str(hooks), "PatchNow", "--no-initial -v")
+        (option,) = service_entries()["Environment"]
+        argv = exec_start(str(kvp), str(hooks), "PatchNow", option.split("=", 1)[1])
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(WAIT)
+        env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
         watch = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout], daemon=True).start()
         try:
-            while "watching" not in lines.get(timeout=WAIT):
-                pass
+            message = notify.recv(4096).decode()  # what systemd waits for (Type=notify)
+            assert message == "READY=1\nSTATUS=watching PatchNow in external", message
             assert guest_value(vm, "PatchStatus") == ""
 
             vm.host.modify_kvp_items({"PatchNow": "1"})  # the host asks for a patch run
@@ -209,6 +216,7 @@ def test_patching_walkthrough_through_the_simulator(tmp_path):
         finally:
             watch.terminate()
             watch.wait(30)
+            notify.close()
         output = []
         while not lines.empty():
             output.append(lines.get())

@@ -1,10 +1,11 @@
 """kvp-watch@.service under a real systemd 252 (systemd-nspawn), as the package installs it.
 
 One container: the package installed with dpkg, the simulated host serving /dev/vmbus/hv_kvp
-(the machinery of test_systemd_real.py), the hook of docs/kvp.md's patching walkthrough in
-/etc/kvp/hooks/PatchNow, then ``systemctl enable --now kvp-watch@PatchNow.service`` unchanged.
-Checked as a person at the console would: the host's view of the guest items, ``systemctl
-show``, ``journalctl``, ``ps``. Outside CI the test skips when nspawn cannot run here.
+(tests/systemd_guest.py, as test_systemd_real.py uses it), the hook of docs/kvp.md's patching
+walkthrough in /etc/kvp/hooks/PatchNow, then ``systemctl enable --now
+kvp-watch@PatchNow.service``, the unit unchanged. Checked as a person at the console would: the
+host's view of the guest items, ``systemctl show``, ``journalctl``, ``ps``. Outside CI the test
+skips when nspawn cannot run here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 
 import nspawn
 import pytest
-from test_systemd_real import prepare, show, wait_active, wait_for
+from systemd_guest import Guest, wait_for
 from test_watch_unit import doc_block
 
 
@@ -26,35 +27,33 @@ def deb() -> str:
         pytest.fail(f"cannot build the .deb the container tests install: {exc}")
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
-    nspawn.require()
-    return nspawn.rootfs(include=("hyperv-daemons",))
-
-
 def install_hook(ct: nspawn.Container, key: str, text: str) -> None:
     with open(ct.path(f"/etc/kvp/hooks/{key}"), "w") as f:
         f.write(text)
     ct.run(["chmod", "0755", f"/etc/kvp/hooks/{key}"])
 
 
-def test_template_unit_runs_the_hook_per_host_write_and_stops_it(deb, image):
-    with nspawn.Container(image) as ct:
-        host = prepare(ct, deb)
+def test_template_unit_runs_the_hook_per_host_write_and_stops_it(deb):
+    with nspawn.Container(nspawn.rootfs(include=("hyperv-daemons",))) as ct:
+        guest = Guest(ct, deb)
+        host, show = guest.host, guest.show
         ct.install_deb(deb)
-        wait_active(ct)
+        guest.wait_active()
         install_hook(ct, "PatchNow", doc_block("#!/bin/sh"))
         ct.run(["systemctl", "enable", "--now", "kvp-watch@PatchNow.service"])
         unit = "kvp-watch@PatchNow.service"
         wait_for(
-            lambda: show(ct, unit, "ActiveState")["ActiveState"] == "active", what=f"{unit} active"
+            lambda: show(unit, "ActiveState")["ActiveState"] == "active", what=f"{unit} active"
         )
 
         def status() -> str:
             return host.items("guest").get("PatchStatus", "")
 
         def changed_from(before: str) -> str:
-            wait_for(lambda: status() != before, what="the hook's PatchStatus")
+            try:
+                wait_for(lambda: status() != before, what="the hook's PatchStatus")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the unit's journal:\n{ct.journal(unit)}") from None
             return status()
 
         host.ok("add", "PatchNow", "1")
@@ -83,11 +82,11 @@ def test_template_unit_runs_the_hook_per_host_write_and_stops_it(deb, image):
         # A missing hook fails the unit at once and it is not restarted.
         ct.run(["systemctl", "start", "kvp-watch@Missing.service"], check=False)
         wait_for(
-            lambda: show(ct, "kvp-watch@Missing.service", "ActiveState")["ActiveState"]
+            lambda: show("kvp-watch@Missing.service", "ActiveState")["ActiveState"]
             == "failed",
             what="kvp-watch@Missing.service failed",
         )
         # "failed", not "activating (auto-restart)": no restart is scheduled, none happened.
-        state = show(ct, "kvp-watch@Missing.service", "NRestarts", "ExecMainStatus")
+        state = show("kvp-watch@Missing.service", "NRestarts", "ExecMainStatus")
         assert state == {"NRestarts": "0", "ExecMainStatus": "2"}
         assert "/etc/kvp/hooks/Missing: no such file" in ct.journal("kvp-watch@Missing.service")

@@ -62,14 +62,8 @@ class PoolFile:
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
-        self._file = OpenPool(
-            path,
-            directory,
-            create=create,
-            mode=mode,
-            writable=writable,
-            lock_timeout=lock_timeout,
-        )
+        self._file = OpenPool(path, directory, create=create, mode=mode, writable=writable,
+                              lock_timeout=lock_timeout)  # fmt: skip
         self._journal_name = self._file.journal_name
         self._watch = watch
         self._index = PoolIndex()
@@ -114,15 +108,14 @@ class PoolFile:
     def _locked(self, exclusive: bool):  # noqa: ANN202 - a context manager of the fd
         """Both locks on the file at ``path`` now; a watch with no event for the name since we
         last held the lock vouches that it is still the same file."""
+        return self._file.locked(exclusive, self._same_as_before, self._forget)
+
+    def _same_as_before(self) -> bool:
         watch = self._watch
+        return watch is not None and self._snapshot is not None and not watch.changed(self.name)
 
-        def known_same() -> bool:
-            return watch is not None and self._snapshot is not None and not watch.changed(self.name)
-
-        def replaced() -> None:
-            self._snapshot = None
-
-        return self._file.locked(exclusive, known_same, replaced)
+    def _forget(self) -> None:
+        self._snapshot = None
 
     # ----------------------------------------------------------------- the index
 
@@ -133,13 +126,8 @@ class PoolFile:
 
     def _fresh(self, fd: int) -> None:
         """Make the index match the file (caller holds a lock)."""
-        if (
-            self._watch is not None
-            and self._snapshot is not None
-            and not self._watch.changed(self.name)
-        ):
-            return  # inotify proves nothing was written since (writes through mmap excepted)
-        self._reload(fd)
+        if not self._same_as_before():  # inotify proves nothing was written (mmap excepted)
+            self._reload(fd)
 
     def _reload(self, fd: int) -> None:
         """Rebuild the index from the file, ``_BATCH`` records at a time."""
@@ -316,11 +304,10 @@ class PoolFile:
                 self._trailing = b""
                 index.append(k, True)
                 return False
-            if tail is not None and keep_partial(
-                self._file.dir, self.path, self._trailing, tail.valid
-            ):
-                pad_at = count * RECORD_SIZE + len(self._trailing)
-                writes.append((pad_at, bytes(RECORD_SIZE - len(self._trailing))))
+            partial = self._trailing
+            if tail is not None and keep_partial(self.directory, self.path, partial, tail.valid):
+                pad_at = count * RECORD_SIZE + len(partial)
+                writes.append((pad_at, bytes(RECORD_SIZE - len(partial))))
                 count += 1
             else:
                 tail = None

@@ -125,25 +125,32 @@ def check_sizes(key: bytes, value: bytes) -> None:
         raise RecordTooLarge(f"value is {len(value)} bytes; the limit is {VALUE_SIZE - 1}")
 
 
+def check_field(raw: bytes, what: str, limit: int, hint: str = "") -> None:
+    """Raise InvalidRecord unless ``raw`` is UTF-8 without NUL of at most ``limit`` bytes;
+    ``hint`` is added to the message of a value that is too long."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise InvalidRecord(f"{what} contains a NUL byte (at byte {nul})")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    if len(raw) > limit:
+        raise InvalidRecord(f"{what} is {len(raw)} UTF-8 bytes; the limit is {limit}{hint}")
+
+
 def validate(key: bytes, value: bytes, *, unsafe: bool = False) -> None:
     """Raise InvalidRecord unless every reader and the host can use this record: a non-empty
     key, UTF-8 without NUL, at most 254/1022 bytes (``unsafe``: the fields' 511/2047)."""
     if not key:
         raise InvalidRecord("key is empty")
-    key_limit, value_limit = (
-        (KEY_SIZE - 1, VALUE_SIZE - 1) if unsafe else (SAFE_KEY_BYTES, SAFE_VALUE_BYTES)
-    )
-    for what, raw, limit in (("key", key, key_limit), ("value", value, value_limit)):
-        nul = raw.find(b"\0")
-        if nul >= 0:
-            raise InvalidRecord(f"{what} contains a NUL byte (at byte {nul})")
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRecord(f"{what} is not valid UTF-8 (byte {exc.start})") from None
-        if len(raw) > limit:
-            hint = "" if unsafe else " (unsafe=True allows more, but the host may not see it whole)"
-            raise InvalidRecord(f"{what} is {len(raw)} UTF-8 bytes; the limit is {limit}{hint}")
+    if unsafe:
+        check_field(key, "key", KEY_SIZE - 1)
+        check_field(value, "value", VALUE_SIZE - 1)
+    else:
+        hint = " (unsafe=True allows more, but the host may not see it whole)"
+        check_field(key, "key", SAFE_KEY_BYTES, hint)
+        check_field(value, "value", SAFE_VALUE_BYTES, hint)
 
 
 def indexable(record: Record) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from typing import Any, Dict, Optional
 
@@ -147,7 +148,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         first = watcher.initial()
         first += absent_initial(args.keys, first)
         names = ", ".join(POOL_LABELS[n] for n in numbers)
-        log.info("watching %s in %s", " ".join(args.keys) or "every key", names)
+        armed = f"watching {' '.join(args.keys) or 'every key'} in {names}"
+        log.info("%s", armed)
+        if os.environ.get("NOTIFY_SOCKET"):  # Type=notify (kvp-watch@.service): armed now,
+            from ...service import Notifier  # so a host write right after start is not lost
+
+            Notifier().ready(armed)
         for change in [] if args.no_initial else first:
             if emit(change):
                 return EXIT_OK
