@@ -139,7 +139,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Modul
     common = _common()
     top = _top_parser(common).parse_args(argv)
     module = commands.load(top.command)
-    own = command_parser(top.command, module, common).parse_args(_after_command(argv, top.rest))
+    parser = command_parser(top.command, module, common)
+    own = parser.parse_args(_after_command(argv, top.rest))
+    for action in parser._actions:  # argparse turns a lone "--" value into []
+        value = getattr(own, action.dest, None)
+        if not action.option_strings and action.nargs is None and isinstance(value, list):
+            raise usage(f"{action.dest}: '--' cannot be a {action.dest} (see 'kvp --help')")
     args = argparse.Namespace(**{k: v for k, v in vars(top).items() if k != "rest"})
     for name, value in vars(own).items():
         setattr(args, name, value)
