@@ -1,9 +1,9 @@
 """The long-running service: wires transport -> handler -> transport, and nothing more.
 
-Command line compatible with ``hv_kvp_daemon`` (``-n``, ``-h``, ``-d``; an unknown option exits 1)
-plus our own options. The loop blocks in ``poll`` with no timeout while idle (no wake-ups unless
-systemd asked for a watchdog), survives device errors by reopening and re-registering with
-bounded backoff, and on SIGTERM finishes the request in hand before exiting 0.
+The loop blocks in ``poll`` with no timeout while idle (no wake-ups unless systemd asked for a
+watchdog or a status update is pending), survives device errors by reopening and re-registering with
+bounded backoff, and on SIGTERM finishes the request in hand before exiting 0. The command line
+and process set-up are in pykvpd/startup.py.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import math
 import os
 import select
 import signal
-import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
-from . import __version__, transport
+from . import transport
 from .handler import Handler, Outcome
 from .hostwrites import HostWriteLog
 from .protocol import HV_E_FAIL, OP_NAMES, encode_status
-from .store import PoolDir, PoolError
+from .store import PoolDir
 
 log = logging.getLogger("pykvpd")
 
@@ -36,65 +35,11 @@ REOPEN_GIVE_UP_SECONDS = 300.0
 STATUS_EVERY_SECONDS = 1.0
 REGISTER_TIMEOUT_SECONDS = 30.0  # a kernel that never answers the handshake: reopen
 
-SUBCOMMANDS = ("simulate", "status")
-# EX_UNAVAILABLE: the single-opener device is held by another daemon. The unit does not
-# restart on it (RestartPreventExitStatus=69); every other failure exits 1, as the C daemon.
-EXIT_DEVICE_BUSY = 69
-
-
-class UsageError(Exception):
-    """Bad command line: the C daemon prints its usage and exits 1."""
-
-
-class _Formatter(argparse.HelpFormatter):
-    """A fixed width: the default asks shutil for the terminal size, and importing shutil
-    (with bz2 and lzma) costs the daemon over a megabyte of RSS for a help text."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=100)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="hv_kvp_daemon",
-        formatter_class=_Formatter,
-        description="Hyper-V Key-Value Pair (KVP) guest daemon (pykvpd).",
-        epilog="Subcommands: 'pykvpd simulate' (host simulator), 'pykvpd status'.",
-    )
-    parser.add_argument("-n", "--no-daemon", action="store_true", help="stay in the foreground")
-    parser.add_argument(
-        "-d", "--debug", action="store_true", help="log one line per host operation"
-    )
-    parser.add_argument(
-        "--debug-values", action="store_true", help="with -d, also log values (may be secrets)"
-    )
-    parser.add_argument("--pool-dir", help="pool directory (default /var/lib/hyperv)")
-    parser.add_argument(
-        "--device",
-        default=DEFAULT_DEVICE,
-        help="KVP device, or a SOCK_SEQPACKET socket of a simulator (default %(default)s)",
-    )
-    parser.add_argument(
-        "--wait-device",
-        type=float,
-        metavar="SECONDS",
-        help="wait this long for the device to appear (default 0: exit 1 if absent)",
-    )
-    parser.add_argument("--config", default="/etc/pykvpd.conf", help="config file (optional)")
-    parser.add_argument("--ip-injection", choices=("off", "dry-run", "on"), help="SET_IP_INFO mode")
-    parser.add_argument(
-        "--status-file", default="/run/pykvpd/status.json", help="where 'pykvpd status' looks"
-    )
-    parser.add_argument("--version", action="version", version=f"pykvpd {__version__}")
-    return parser
-
-
 # --------------------------------------------------------------------------- the daemon
+
+
+class _StopWhileWaiting(Exception):
+    """SIGTERM/SIGINT arrived while the device was awaited: nothing is in hand, exit 0 now."""
 
 
 class Daemon:
@@ -120,6 +65,7 @@ class Daemon:
         )
         self.channel: Optional[transport.Channel] = None
         self.stopping = False
+        self._awaiting_device = False  # SIGTERM then interrupts the wait (_StopWhileWaiting)
         self.reload_requested = False
         self.host_ops = 0
         self.last_op = ""
@@ -145,7 +91,16 @@ class Daemon:
             wait = self.config.wait_device if self.config.source else 0.0
         if first and wait > 0 and not os.path.exists(device):
             log.info("waiting up to %g s for %s", wait, device)
-            if not transport.wait_for_device(device, wait):
+            # The wait retries its poll after a signal handler returns; only an exception from
+            # the handler ends it early.
+            self._awaiting_device = True
+            try:
+                if self.stopping:
+                    raise _StopWhileWaiting
+                found = transport.wait_for_device(device, wait)
+            finally:
+                self._awaiting_device = False
+            if not found:
                 raise transport.DeviceMissing(f"{device} did not appear within {wait:g} s")
         self.channel = transport.open_channel(device)
         version = self.channel.register(timeout=REGISTER_TIMEOUT_SECONDS)
@@ -248,6 +203,9 @@ class Daemon:
     def run(self) -> int:
         try:
             self.connect(first=True)
+        except _StopWhileWaiting:
+            log.info("stopped while waiting for %s", self.args.device)
+            return 0
         except transport.TransportError as exc:
             # Opened, but the handshake failed (a bad or missing registration reply): the same
             # recovery as any later device error, not an exit.
@@ -311,6 +269,8 @@ class Daemon:
 
         def stop(signum: int, _frame: object) -> None:
             self.stopping = True
+            if self._awaiting_device:
+                raise _StopWhileWaiting
 
         def hup(signum: int, _frame: object) -> None:
             self.reload_requested = True
@@ -422,96 +382,3 @@ def _status_name(status: int) -> str:
     from .protocol import STATUS_NAMES
 
     return STATUS_NAMES.get(status, f"0x{status:08x}")
-
-
-# --------------------------------------------------------------------------- process set-up
-
-
-def _daemonize() -> None:
-    """Detach like daemon(1, 0): keep the working directory, stdio to /dev/null."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return _subcommand(argv[0], argv[1:])
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"hv_kvp_daemon: {exc}", file=sys.stderr)
-        return 1
-    except SystemExit as exc:  # -h / --version
-        return int(exc.code or 0)
-    return _run(args)
-
-
-def _subcommand(name: str, argv: List[str]) -> int:
-    if name == "simulate":
-        from .simulator.cli import main as simulate
-
-        return simulate(argv)
-    from .status import main_status
-
-    return main_status(argv)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from . import service
-    from .config import ConfigError, load_config
-
-    service.setup_logging(bool(args.debug))
-    from .hv_kvp_daemon import ensure_named
-
-    ensure_named()  # an exec (same PID) unless ps -ef already shows hv_kvp_daemon
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 1
-    if config.debug:
-        logging.getLogger().setLevel(logging.DEBUG)
-    if not args.no_daemon:
-        _daemonize()
-        service.setup_logging(bool(args.debug or config.debug), use_syslog=True)
-    transport.set_process_name(PROCESS_NAME)
-    log.info("pykvpd %s starting; pid is %d", __version__, os.getpid())
-    try:
-        daemon = Daemon(args, config)
-    except PoolError as exc:
-        log.error("cannot initialise the pools: %s", exc)
-        return 1
-    daemon.install_signals()
-    try:
-        return daemon.run()
-    except transport.DeviceBusy as exc:
-        log.error(
-            "%s is busy: another KVP daemon (hv_kvp_daemon or hypervkvpd) owns it; "
-            "stop it first (%s)",
-            args.device,
-            exc,
-        )
-        return EXIT_DEVICE_BUSY
-    except transport.DeviceMissing as exc:
-        log.error("no KVP device: %s (is this a Hyper-V guest with hv_utils loaded?)", exc)
-        return 1
-    except (transport.TransportError, OSError) as exc:
-        log.error("giving up on %s: %s", args.device, exc)
-        return 1
-    finally:
-        daemon.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

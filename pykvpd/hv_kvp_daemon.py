@@ -86,6 +86,6 @@ def ensure_named() -> None:
 
 
 if __name__ == "__main__":
-    from pykvpd.daemon import main as _main
+    from pykvpd.startup import main as _main
 
     sys.exit(_main())

@@ -111,6 +111,7 @@ inside() {
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
         PIP_CONFIG_FILE=/dev/null PIP_CERT=/etc/ssl/pip-ca.pem PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}" \
         PYKVPD_DEB_CACHE="$client_debs" PYKVPD_TEST_RUN=py39 \
         /bin/bash -euo pipefail -c '
             # /opt, not /root: the kvp-as-nobody test needs an interpreter nobody may run.
@@ -120,7 +121,7 @@ inside() {
             cd /src
             # Built (with its C shim) and installed as a user would; then the shim in place too,
             # since the tests import the package from the source tree.
-            "$py" -m pip install -q ".[test,systemd,udev]"
+            "$py" -m pip install -q ".[test,systemd]"
             "$py" pykvpd/_shim_build.py >/dev/null
             "$py" -c "import sys; print(\"test-py39: Python\", sys.version.split()[0])"
             # The installed commands, away from the source tree: a pool written and read back

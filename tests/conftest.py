@@ -18,26 +18,13 @@ def pytest_configure(config) -> None:  # noqa: ANN001
     )
 
 
-# Whole modules that are main_run_only without saying so themselves: they boot their own
-# systemd containers, which the 3.9 run's chroot would have to nest.
-MAIN_RUN_ONLY_MODULES = (
-    ("test_systemd_real.py", "runs in the main (bookworm) run; boots its own container"),
-    ("test_netstack_real*.py", "runs in the main (bookworm) run; boots its own container"),
-)
-
-
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     """In the 3.9 run (PYKVPD_TEST_RUN=py39), skip each ``main_run_only`` test with its reason."""
     if os.environ.get("PYKVPD_TEST_RUN") != "py39":
         return
-    import fnmatch
-
     import pytest
 
     for item in items:
-        for pattern, why in MAIN_RUN_ONLY_MODULES:
-            if fnmatch.fnmatch(item.path.name, pattern):
-                item.add_marker(pytest.mark.main_run_only(reason=why))
         marker = item.get_closest_marker("main_run_only")
         if marker is not None:
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")

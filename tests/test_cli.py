@@ -73,7 +73,8 @@ def test_get_output_modes(pools):
     assert kvp("--dir", pools, "get", "K", "--null")[1] == b"line1\nline2\0"
     doc = json.loads(kvp("--dir", pools, "get", "K", "--json")[1])
     assert doc == {
-        "version": 1,
+        "version": 2,
+        "found": True,
         "pool": 0,
         "pool_name": "external",
         "key": "K",
@@ -159,7 +160,10 @@ def test_usage_errors_exit_2(pools, argv):
     code, out, err = kvp(*argv)
     assert code == 2, err
     assert out == b""
-    assert err.startswith("kvp: ")
+    if "--json" in argv:
+        assert json.loads(err)["error"]["code"] == 2
+    else:
+        assert err.startswith("kvp: ")
     assert "Traceback" not in err
 
 
@@ -185,7 +189,7 @@ def test_delete_json(pools):
     code, out, _ = kvp("--dir", pools, "delete", "A", "--pool", "0", "--json")
     assert code == 0
     assert json.loads(out) == {
-        "version": 1,
+        "version": 2,
         "pool": 0,
         "pool_name": "external",
         "key": "A",
@@ -202,19 +206,40 @@ def test_list_all_pools_json_schema(pools):
     code, out, _ = kvp("--dir", pools, "list", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["version"] == 1 and doc["directory"] == pools
+    assert doc["version"] == 2 and doc["directory"] == pools
     assert [p["pool"] for p in doc["pools"]] == [0, 1, 2, 3, 4]
     assert doc["pools"][2] == {
         "pool": 2,
         "pool_name": "auto",
         "path": os.path.join(pools, ".kvp_pool_2"),
         "exists": False,
-        "problems": [],
+        "findings": [],
     }
     assert doc["records"] == [
-        {"pool": 0, "pool_name": "external", "index": 0, "key": "HostKey", "value": "h"},
-        {"pool": 1, "pool_name": "guest", "index": 0, "key": "G1", "value": "a"},
-        {"pool": 1, "pool_name": "guest", "index": 1, "key": "G2", "value": "b\tc"},
+        {
+            "pool": 0,
+            "pool_name": "external",
+            "index": 0,
+            "key": "HostKey",
+            "value": "h",
+            "generated": False,
+        },
+        {
+            "pool": 1,
+            "pool_name": "guest",
+            "index": 0,
+            "key": "G1",
+            "value": "a",
+            "generated": False,
+        },
+        {
+            "pool": 1,
+            "pool_name": "guest",
+            "index": 1,
+            "key": "G2",
+            "value": "b\tc",
+            "generated": False,
+        },
     ]
 
 
@@ -238,8 +263,16 @@ def test_list_skips_damaged_records_and_reports_them(pools):
     doc = json.loads(out)
     assert code == 0
     assert [(r["key"], r["index"]) for r in doc["records"]] == [("Good", 0), ("Also", 2)]
-    assert doc["pools"][1]["problems"] == ["record 1: key has no NUL in its 512 bytes"]
-    assert "key has no NUL" in err
+    assert doc["pools"][1]["findings"] == [
+        {
+            "kind": "key-no-nul",
+            "index": 1,
+            "offset": 2560,
+            "message": "key has no NUL in its 512 bytes",
+            "repairable": True,
+        }
+    ]
+    assert err.count("key has no NUL") == 1, err  # the warning once, not once per layer
 
 
 def test_missing_pool_directory_exits_3(tmp_path):

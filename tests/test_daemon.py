@@ -13,8 +13,9 @@ import time
 import pytest
 
 from pykvpd import protocol as p
-from pykvpd.daemon import Daemon, build_parser, main
+from pykvpd.daemon import Daemon
 from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.startup import build_parser, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,6 +85,30 @@ def test_waits_for_the_device_then_serves(tmp_path):
             assert p.reply_status(reply) == p.HV_S_OK
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_while_waiting_for_the_device_exits_0_at_once(tmp_path):
+    """Nothing is in hand while the device is awaited: SIGTERM must not wait out --wait-device
+    (the unit waits 10 s; `systemctl stop` at boot would hang that long)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pykvpd", "-n",
+         *daemon_args(tmp_path, str(tmp_path / "never"), "--wait-device", "120")],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # logged after the signal handlers are in place
+            if "waiting up to 120 s" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert "stopped while waiting for" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

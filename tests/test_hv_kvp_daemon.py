@@ -44,7 +44,7 @@ def test_named_argv_for_a_module_run():
 
 
 def test_never_execs_another_program_that_called_main(tmp_path):
-    """pytest (``-m pytest``) or a script of another name calling pykvpd.daemon.main()."""
+    """pytest (``-m pytest``) or a script of another name calling pykvpd.startup.main()."""
     assert hv_kvp_daemon.named_argv(b"python\0-m\0pytest\0", "/usr/bin/python3",
                                     ["/x/pytest/__main__.py"], "pytest") is None
     (tmp_path / "hv_kvp_daemon").write_text("")

@@ -124,8 +124,11 @@ def test_builtin_dhcp_sources(tmp_path):
     (etc / "systemd" / "network").mkdir(parents=True)
     (etc / "systemd" / "network" / "10-eth.network").write_text(
         "[Match]\nName=eth* en*\n\n[Network]\nDHCP=no\n")
-    assert builtin_dhcp(iface(dynamic), None, str(etc), str(run)) is False
+    assert builtin_dhcp(iface(static), None, str(etc), str(run)) is True  # networkd not running
+    # networkd runs (no systemd here: its links directory says so), the link has no state file
+    # yet: the first matching file in /etc decides.
     (run / "systemd" / "netif" / "links").mkdir(parents=True)
+    assert builtin_dhcp(iface(dynamic), None, str(etc), str(run)) is False
     chosen = tmp_path / "chosen.network"
     chosen.write_text("[Network]\nDHCP=yes\n")
     (run / "systemd" / "netif" / "links" / "2").write_text(f"NETWORK_FILE={chosen}\n")
@@ -140,6 +143,30 @@ def test_builtin_dhcp_sources(tmp_path):
                                              "[ipv4]\nmethod=manual\n")
     assert builtin_dhcp(iface(static), "00:15:5D:01:02:03", str(etc), str(run)) is False
     assert builtin_dhcp(iface(static, name="eth1"), None, str(etc), str(run)) is True
+
+
+def test_killed_networkd_leaves_link_files_that_have_no_say(tmp_path):
+    """Found against real networkd 252: a clean stop removes /run/systemd/netif/links/*, a
+    SIGKILL leaves them. Under systemd the unit's invocation link says whether it runs."""
+    etc, run = tmp_path / "etc", tmp_path / "run"
+    (etc / "systemd" / "network").mkdir(parents=True)
+    (etc / "systemd" / "network" / "10-eth0.network").write_text(
+        "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n")
+    (run / "systemd" / "netif" / "links").mkdir(parents=True)
+    (run / "systemd" / "netif" / "links" / "2").write_text(
+        f"NETWORK_FILE={etc}/systemd/network/10-eth0.network\nDNS=192.0.2.53\n")
+    (etc / "network").mkdir()
+    (etc / "network" / "interfaces").write_text("auto eth0\niface eth0 inet static\n")
+    (etc / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    units = run / "systemd" / "units"
+    units.mkdir()
+    static = a("192.0.2.30/24")
+    # networkd dead, ifupdown configured the link statically.
+    assert builtin_dhcp(iface(static), None, str(etc), str(run)) is False
+    assert builtin_dns(2, str(etc), str(run)) == ["198.51.100.53"]
+    (units / "invocation:systemd-networkd.service").symlink_to("0123456789abcdef")
+    assert builtin_dhcp(iface(static), None, str(etc), str(run)) is True
+    assert builtin_dns(2, str(etc), str(run)) == ["192.0.2.53"]
 
 
 def test_networkmanager_dhcp_verdict_follows_the_active_profile(tmp_path):

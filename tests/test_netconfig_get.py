@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence
 import pytest
 from test_netconfig_netns import addr, get_ip_info_code, netns_missing, route, run_in_netns, veth
 
-from pykvpd.protocol import HV_E_FAIL, HV_S_OK
+from pykvpd.protocol import HV_E_FAIL, HV_GUID_NOTFOUND, HV_S_OK
 
 pytestmark = pytest.mark.skipif(netns_missing() is not None, reason=str(netns_missing()))
 
@@ -223,3 +223,21 @@ def test_hostile_interface_name_runs_no_helper(dirs, tmp_path):
     [(status, reply)] = get(setup, [MAC], dirs)
     assert (status, reply["ip_addr"]) == (HV_S_OK, "10.0.0.5")
     assert not log.exists()
+
+
+def test_get_does_not_load_the_set_side(dirs):
+    """The first GET after start pays for every import (bench_ipinfo.py: ~25-50 ms with them
+    all); validation, rendering and the backends are loaded only by a SET."""
+    code = get_ip_info_code([MAC], dirs) + (
+        "import sys\n"
+        "side = ('inject', 'plan', 'backends', 'ifupdown')\n"
+        "loaded = lambda: sorted(m for m in side if 'pykvpd.netconfig.' + m in sys.modules)\n"
+        "RESULT.append(loaded())\n"
+        "RESULT.append(nc.set_ip_info(IpInfo('{00000000-1111-4222-8333-444444444444}')))\n"
+        "RESULT.append(loaded())\n")
+    [(status, reply), after_get, set_status, after_set] = run_in_netns(
+        veth("v0", "p0", MAC) + addr("v0", "192.0.2.5/24"), code)
+    assert status == HV_S_OK and reply["ip_addr"] == "192.0.2.5"
+    assert after_get == []
+    assert set_status == HV_GUID_NOTFOUND
+    assert after_set == ["backends", "ifupdown", "inject", "plan"]

@@ -362,9 +362,16 @@ def test_networkmanager_failure_is_hv_e_fail(env):
     assert len(env.calls()) == 1  # stopped after the failing load
 
 
+def networkd_running(env: Env) -> None:
+    """systemd's link for systemd-networkd.service, present while the unit is active."""
+    (env.run / "systemd" / "units").mkdir(parents=True, exist_ok=True)
+    (env.run / "systemd" / "units" / "invocation:systemd-networkd.service").symlink_to("4567")
+
+
 def test_stopped_networkmanager_leaves_run_behind_and_networkd_is_used(env):
     """Found against the real stacks: /run/NetworkManager outlives NetworkManager."""
     nm_running(env, running=False)
+    networkd_running(env)
     links = env.run / "systemd" / "netif" / "links"
     links.mkdir(parents=True)
     (links / "2").write_text("ADMIN_STATE=configured\n")
@@ -391,8 +398,22 @@ def test_networkd_backend(env, monkeypatch):
                            ["networkctl", "reconfigure", "eth0", [path.name]]]
 
 
+def test_killed_networkd_is_not_used_for_its_leftover_link_files(env):
+    """Found against real networkd: SIGKILL leaves /run/systemd/netif/links/*, and networkctl
+    would bring the stopped service back through D-Bus activation."""
+    nm_running(env, running=False)
+    links = env.run / "systemd" / "netif" / "links"
+    links.mkdir(parents=True)
+    (links / "2").write_text("ADMIN_STATE=configured\n")
+    env.standin("networkctl")
+    assert env.netconfig().set_ip_info(spec_request()) == HV_E_FAIL
+    assert env.calls() == []
+    assert not (env.etc / "systemd" / "network").exists()
+
+
 def test_networkmanager_not_managing_the_link_falls_through_to_networkd(env):
     nm_running(env)
+    networkd_running(env)
     (env.run / "NetworkManager" / "devices").mkdir(parents=True)
     (env.run / "NetworkManager" / "devices" / "2").write_text("[device]\nmanaged=false\n")
     links = env.run / "systemd" / "netif" / "links"

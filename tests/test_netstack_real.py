@@ -12,8 +12,9 @@ guest one (``eth0``, MAC 00:15:5d:…, as on Hyper-V); the peer runs dnsmasq as 
 DHCP lease is really obtained. Only documentation ranges are used; nothing leaves the machine.
 
 The VMBus device: a Hyper-V NIC's sysfs directory has ``device/device_id`` (the VMBus instance
-GUID), a veth has no ``device``. Inside the container a read-only overlay over the veth's sysfs
-directory adds only ``device/device_id``; everything else is the kernel's own sysfs, so the
+GUID), a veth has no ``device``. Inside the container (whose /sys shows its own namespace's NICs,
+see nspawn.Container) a read-only overlay over the veth's sysfs directory adds only
+``device/device_id``; everything else is the kernel's own sysfs, so the
 stacks keep managing the link and the daemon finds the GUID where it looks on Hyper-V.
 
 The host: the simulator's FakeKernel listens on a socket bound into the container at
@@ -194,22 +195,18 @@ def setup_stack(guest: Guest, stack: str) -> None:
     guest.wait(guest.leased, "no DHCP lease from dnsmasq")
 
 
-def netns_sysfs(ct: nspawn.Container) -> None:
-    """Show the container its own network namespace's NICs in /sys/class/net.
+def vmbus_device_id(ct: nspawn.Container) -> None:
+    """Give eth0 the VMBus instance GUID a Hyper-V NIC has in sysfs (device/device_id).
 
-    systemd-nspawn joins the given network namespace but its /sys is a sysfs mounted in the
-    host's namespace (the machine's own NICs). A sysfs mounted from inside the container belongs
-    to the container's namespace; its class/net and devices/virtual/net are bound over /sys's.
-    Before that bind, eth0's directory gets a read-only overlay adding only device/device_id.
+    The container's /sys/devices/virtual/net is a sysfs of its own network namespace
+    (nspawn.Container's netns option); a read-only overlay over eth0's directory adds only
+    device/device_id, everything else stays the kernel's.
     """
     script = f"""set -e
-mkdir -p /run/netns-sysfs /run/hv-sysfs/eth0/device
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /run/netns-sysfs
+mkdir -p /run/hv-sysfs/eth0/device
 echo '{GUID}' > /run/hv-sysfs/eth0/device/device_id
-nic=/run/netns-sysfs/devices/virtual/net/eth0
+nic=/sys/devices/virtual/net/eth0
 mount -t overlay overlay -o ro,lowerdir=/run/hv-sysfs/eth0:$nic $nic
-mount --bind /run/netns-sysfs/class/net /sys/class/net
-mount --rbind /run/netns-sysfs/devices/virtual/net /sys/devices/virtual/net
 """
     ct.run(["sh", "-c", script])
     assert ct.run(["cat", "/sys/class/net/eth0/device/device_id"]).stdout.strip() == GUID
@@ -246,7 +243,7 @@ def boot(stack: str, root: str, deb: str) -> Iterator[Guest]:
                                  binds=[f"{work}/vmbus:/dev/vmbus"],
                                  netns=link.guest_ns) as ct:
             guest = Guest(ct, kernel)
-            netns_sysfs(ct)
+            vmbus_device_id(ct)
             setup_stack(guest, stack)
             ct.install_deb(deb)
             guest.write("/etc/systemd/system/pykvpd.service.d/test-not-hyperv.conf",
@@ -303,6 +300,88 @@ def assert_static(guest: Guest, stack: str, fields: Dict[str, str]) -> None:
     assert stack_dns(guest, stack) == fields["dns_addr"].split(";")
 
 
+def stack_state(guest: Guest, stack: str) -> Dict[str, object]:
+    """Everything a SET_IP_INFO could change on the stack: the link's addresses, routes and DNS
+    servers, every configuration file of the stacks, which profile is applied, and the
+    invocation of each stack's unit and of our ifup unit (a restart or a start changes it)."""
+    files = guest.sh("sh", "-c", "find /etc/NetworkManager /etc/systemd/network /etc/network "
+                     "/run/NetworkManager/system-connections -type f -exec sha256sum {} + "
+                     "2>/dev/null | sort", check=False)
+    units = ("NetworkManager", "systemd-networkd", "systemd-resolved", "networking",
+             "pykvpd-ifup-eth0")
+    state: Dict[str, object] = {
+        "addresses": guest.addresses(), "gateways": guest.gateways("-4") + guest.gateways("-6"),
+        "dns": stack_dns(guest, stack), "files": files,
+        "units": guest.sh("systemctl", "show", "-p", "Id,InvocationID", *units)}
+    if stack == "NetworkManager":
+        state["profiles"] = guest.sh("nmcli", "-t", "-f", "UUID,DEVICE", "connection", "show")
+    return state
+
+
+def set_injection(guest: Guest, mode: str) -> None:
+    """ip_injection = MODE in /etc/pykvpd.conf, then systemctl reload, as an operator would."""
+    def reloads() -> int:
+        return guest.ct.journal("pykvpd").count("configuration reloaded from /etc/pykvpd.conf")
+
+    before = reloads()
+    guest.write("/etc/pykvpd.conf", f"[pykvpd]\nip_injection = {mode}\n")
+    guest.sh("systemctl", "reload", "pykvpd")
+    guest.wait(lambda: reloads() > before, f"pykvpd reloaded with ip_injection = {mode}")
+
+
+HYPERV_STATE = ("/var/lib/hyperv/ifcfg-eth0", "/var/lib/hyperv/eth0.nmconnection")
+
+
+def assert_dry_run_and_off_touch_nothing(guest: Guest, stack: str, dry_run_status: int) -> None:
+    """dry-run: the request is checked and the plan logged, the stack is untouched (only the
+    daemon's own ifcfg/keyfile state files are written, as documented); off: not even those."""
+    before = stack_state(guest, stack)
+    set_injection(guest, "dry-run")
+    assert guest.set(**STATIC) == dry_run_status, guest.ct.journal("pykvpd", "-n", "20")
+    if dry_run_status == p.HV_S_OK:
+        logged = guest.ct.journal("pykvpd", "-n", "10")
+        backend = {"networkd": "systemd-networkd"}.get(stack, stack.split("-")[0])
+        assert f"via {backend}\n" in logged and "SET_IP_INFO dry-run, would" in logged
+        assert "IPADDR0=192.0.2.10\n" in guest.sh("cat", HYPERV_STATE[0])
+    assert stack_state(guest, stack) == before
+
+    set_injection(guest, "off")
+    written = [guest.sh("cat", path) for path in HYPERV_STATE]
+    assert guest.set(**SECOND) == p.HV_E_FAIL
+    assert "refused: IP injection is off" in guest.ct.journal("pykvpd", "-n", "5")
+    assert stack_state(guest, stack) == before
+    assert [guest.sh("cat", path) for path in HYPERV_STATE] == written
+    set_injection(guest, "on")
+
+
+def assert_killed_networkd_has_no_say(guest: Guest) -> None:
+    """A SIGKILLed networkd leaves /run/systemd/netif/links/* behind (a clean stop removes
+    them); the administrator then configures eth0 statically with ifupdown. GET_IP_INFO must
+    follow ifupdown, and SET_IP_INFO must neither revive networkd through networkctl's D-Bus
+    activation nor take the link down when it cannot write ifupdown's configuration (this unit
+    has no ip-injection.conf drop-in)."""
+    guest.write("/run/systemd/system/systemd-networkd.service.d/no-restart.conf",
+                "[Service]\nRestart=no\n")
+    guest.sh("systemctl", "daemon-reload")
+    guest.sh("systemctl", "stop", "systemd-networkd.socket")
+    guest.sh("systemctl", "kill", "--signal=KILL", "systemd-networkd")
+    guest.wait(lambda: guest.sh("systemctl", "is-active", "systemd-networkd",
+                                check=False).strip() != "active", "networkd killed")
+    assert guest.sh("ls", "/run/systemd/netif/links").split()  # what is being tested
+    guest.write("/etc/network/interfaces.d/eth0", "auto eth0\niface eth0 inet static\n"
+                "    address 192.0.2.30/24\n    gateway 192.0.2.1\n")
+    guest.sh("ip", "-4", "addr", "flush", "dev", "eth0")
+    guest.sh("ifup", "eth0")
+    got = reported(guest.get())
+    assert got["addresses"] == guest.addresses()
+    assert "192.0.2.30/24" in got["addresses"] and got["dhcp"] == 0
+    before = guest.addresses()
+    assert guest.set(**STATIC) == p.HV_E_FAIL
+    assert "nothing was changed" in guest.ct.journal("pykvpd", "-n", "3")
+    assert guest.addresses() == before
+    assert guest.sh("systemctl", "is-active", "systemd-networkd", check=False).strip() != "active"
+
+
 STACKS = ["NetworkManager", "networkd", "ifupdown-resolvconf"]
 
 
@@ -355,6 +434,10 @@ def test_real_stack_get_set_replace_back_to_dhcp(stack, rootfs_all, rootfs_resol
         if stack.startswith("ifupdown"):
             assert guest.sh("pgrep", "-x", "dhclient", check=False).split()
 
+        assert_dry_run_and_off_touch_nothing(guest, stack, dry_run_status=p.HV_S_OK)
+        if stack == "networkd":
+            assert_killed_networkd_has_no_say(guest)
+
 
 def test_ifupdown_without_resolvconf(rootfs_all, deb):
     """Fix 3 and 4: DNS is refused (not dropped), static without DNS and DHCP work."""
@@ -375,3 +458,5 @@ def test_ifupdown_without_resolvconf(rootfs_all, deb):
         # dhclient-script ran outside the sandbox: it wrote the lease's server.
         assert stack_dns(guest, "ifupdown") == [LEASE_DNS]
         assert guest.dhclients_in_pykvpd() == []
+        # dry-run gives the answer a real run would: DNS servers cannot be applied here.
+        assert_dry_run_and_off_touch_nothing(guest, "ifupdown", dry_run_status=p.HV_E_FAIL)

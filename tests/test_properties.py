@@ -1,8 +1,10 @@
 """Property tests: random operation sequences through ``Handler`` against a plain list model.
 
 The model is what spec §4 says the pool is: an ordered list of (key, value); SET changes the value
-of the first record with that exact key or appends; DELETE removes the first such record and
-keeps the order of the rest; GET and ENUMERATE read. Interleaved with the host's operations,
+of the first record with that exact key or appends; DELETE removes the first such record, and
+the last record takes its place unless records of the last record's key lie in between: then
+each of those moves up into the previous one's place (docs/compatibility.md, C14; the order
+within every key is kept); GET and ENUMERATE read. Interleaved with the host's operations,
 "another writer" appends records to the file directly (as cloud-init does) and rewrites it in
 place. After every step the reply must match the model and the pool file must decode to exactly
 the model's records, in order, zero-filled.
@@ -57,6 +59,15 @@ def first(model: Model, key: bytes) -> Optional[int]:
     return next((i for i, (k, _) in enumerate(model) if k == key), None)
 
 
+def model_delete(model: Model, at: int) -> None:
+    """C14 on a plain list: fill ``at`` from the end without reordering any key's records."""
+    last = len(model) - 1
+    chain = [at] + [i for i in range(at + 1, last) if model[i][0] == model[last][0]]
+    for dst, src in zip(chain, chain[1:] + [last]):
+        model[dst] = model[src]
+    model.pop()
+
+
 def step(handler: Handler, pools: PoolDir, models: dict, op: tuple) -> None:
     kind, pool, key, value = op
     model: Model = models[pool]
@@ -91,7 +102,7 @@ def step(handler: Handler, pools: PoolDir, models: dict, op: tuple) -> None:
         outcome = handler.handle(p.build_key_message(p.OP_DELETE, pool, key))
         assert outcome.status == (p.HV_S_CONT if at is None else p.HV_S_OK)
         if at is not None:
-            del model[at]
+            model_delete(model, at)
         return
     untyped = kind == "set-untyped"  # value_size 0: an existing value is kept, a new one empty
     outcome = handler.handle(p.build_key_message(p.OP_SET, pool, key, None if untyped else value))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 
 import nspawn
@@ -85,6 +86,34 @@ def test_ps_ef_shows_hv_kvp_daemon_and_waagent_finds_it(guest):
     assert not waagent_sees_kvp_daemon("\n".join(line for line in lines if line not in ours))
     with open(guest.ct.path(f"/proc/{pid}/comm")) as f:
         assert f.read().strip() == "hv_kvp_daemon"
+
+
+WAAGENT_CHECK = (
+    "import sys; sys.path.insert(0, '/opt/waagent/usr/lib/python3/dist-packages'); "
+    "from azurelinuxagent.common.rdma import RDMAHandler; "
+    "print(RDMAHandler.is_kvp_daemon_running())"
+)
+
+
+def test_waagent_2_7_3_own_check_finds_the_daemon(guest):
+    """WALinuxAgent's own RDMAHandler.is_kvp_daemon_running() (Debian's waagent 2.7.3 package,
+    unpacked, not installed), run inside the container: True with the unit running, False
+    once it is stopped (so the check can fail)."""
+    from test_real_clients import _download
+
+    cache = _download(os.environ.get("PYKVPD_DEB_CACHE", "/tmp/pykvpd-debs"))
+    debs = sorted(n for n in os.listdir(cache) if n.startswith("waagent_2.7.3"))
+    assert debs, f"no waagent 2.7.3 package in {cache}: {os.listdir(cache)}"
+    shutil.copyfile(os.path.join(cache, debs[-1]), guest.ct.path("/var/tmp/waagent.deb"))
+    guest.ct.run(["dpkg-deb", "-x", "/var/tmp/waagent.deb", "/opt/waagent"])
+    assert guest.ct.run(["python3", "-I", "-c", WAAGENT_CHECK]).stdout.strip() == "True"
+    pid = guest.main_pid()
+    guest.systemctl("stop", UNIT)
+    try:
+        assert guest.ct.run(["python3", "-I", "-c", WAAGENT_CHECK]).stdout.strip() == "False"
+    finally:
+        guest.systemctl("start", UNIT)
+        guest.wait_active(old_pid=pid)
 
 
 def test_ps_ef_name_also_when_started_as_pykvpd(guest):

@@ -233,7 +233,8 @@ def test_kvp_wait_timeout_and_success(pooldir):
             proc.kill()
     assert proc.returncode == 0
     assert json.loads(out) == {
-        "version": 1,
+        "version": 2,
+        "found": True,
         "pool": 3,
         "pool_name": "auto-external",
         "key": "Ready",

@@ -108,7 +108,7 @@ def test_watch_fires_once_at_start_for_an_absent_key(pooldir, tmp_path):
     assert out == b"initial\tguest\tPresent\t1\ninitial\t\tMissing\t\n"
     code, out, _ = kvp("--dir", pooldir, "--json", "watch", "Missing", "-n", "1")
     assert out == (
-        b'{"version": 1, "op": "initial", "pool": null, "pool_name": null, "key": "Missing",'
+        b'{"version": 2, "op": "initial", "pool": null, "pool_name": null, "key": "Missing",'
         b' "value": null, "old_value": null}\n'
     )
     env_file = tmp_path / "env"

@@ -140,7 +140,7 @@ def as_exec(op: str, key: str, value: Optional[str], old: Optional[str] = None) 
 
 def as_json(op: str, key: str, value: Optional[str], old: Optional[str] = None) -> dict:
     return {
-        "version": 1,
+        "version": 2,
         "op": op,
         "pool": 0,
         "pool_name": "external",

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from ..store import LockTimeout, PoolError, RecordTooLarge
 from .commands import COMMANDS
 from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CliError
-from .output import Output
+from .output import SCHEMA_VERSION, Output
 from .parser import parse_args
 
 __all__ = ["COMMANDS", "main"]
@@ -53,25 +54,28 @@ def _permission_hint(message: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kvp``; returns the exit status (never raises except KeyboardInterrupt handling)."""
     _setup_logging(None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = _asks_json(argv)
     try:
         args, command = parse_args(argv)
+        as_json = args.json
         _setup_logging(args)
         with _sigterm_exits():
             return command.run(args, Output())
     except CliError as exc:
-        log.error("%s", exc)
-        return exc.code
+        return _fail(str(exc), exc.code, as_json)
     except SystemExit as exc:  # --help, --version from argparse; SIGTERM
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     except RecordTooLarge as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE, as_json)
     except LockTimeout as exc:
-        log.error("%s", exc)
-        return EXIT_IO
+        return _fail(str(exc), EXIT_IO, as_json)
     except PoolError as exc:
-        log.error("%s", _permission_hint(str(exc)))
-        return EXIT_IO
+        message = str(exc)
+        name = getattr(exc, "filename", None)
+        if name and str(name) not in message:
+            message = f"{name}: {message}"
+        return _fail(_permission_hint(message), EXIT_IO, as_json)
     except BrokenPipeError:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -79,8 +83,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        log.error("%s", _permission_hint(f"{exc.filename or ''}: {exc.strerror or exc}".strip()))
-        return EXIT_IO
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(_permission_hint(f"{where}{exc.strerror or exc}"), EXIT_IO, as_json)
+
+
+def _asks_json(argv: List[str]) -> bool:
+    """Whether --json was given, for errors before the options are parsed (not after ``--``
+    or in a ``watch --exec`` command line)."""
+    for word in argv:
+        if word in ("--", "--exec"):
+            return False
+        if word == "--json":
+            return True
+    return False
+
+
+def _fail(message: str, code: int, as_json: bool) -> int:
+    """Report an error once: ``kvp: message`` on stderr, or with --json a JSON line there."""
+    if as_json:
+        error = {"version": SCHEMA_VERSION, "error": {"code": code, "message": message}}
+        sys.stderr.write(json.dumps(error, ensure_ascii=False) + "\n")
+        sys.stderr.flush()
+    else:
+        log.error("%s", message)
+    return code
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -1,37 +1,36 @@
-"""Which pool files a ``kvp`` command works on, and opening them for reading or writing."""
+"""Which pool files a ``kvp`` command works on, and opening them through the store.
+
+Every pool is reached through ``store.PoolDir``, so with ``--root`` every path is resolved inside
+the image and no pool file is ever followed through a symlink. The CLI only turns the store's
+errors into messages that say what to do (exit 3).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ..store import (
     DEFAULT_POOL_DIR,
     POOL_COUNT,
+    POOL_LABELS,
     POOL_NAMES,
-    PoolError,
+    PoolDir,
+    PoolDirMissing,
     PoolFile,
     PoolImage,
-    pool_filename,
 )
 from .errors import EXIT_IO, CliError, usage
+
+log = logging.getLogger("kvp")
 
 GET_ORDER = (0, 3, 1, 2, 4)  # host data first: external, auto-external, guest, auto, auto-internal
 ALL_POOLS = tuple(range(POOL_COUNT))
 GUEST = POOL_NAMES["guest"]
-
-
-def pool_directory(args: argparse.Namespace) -> str:
-    """--dir, ROOT/var/lib/hyperv for --root, or the default directory."""
-    if args.root is not None:
-        return os.path.join(args.root, DEFAULT_POOL_DIR.lstrip("/"))
-    return args.dir if args.dir is not None else DEFAULT_POOL_DIR
-
-
-def pool_path(args: argparse.Namespace, number: int) -> str:
-    """The file of pool ``number`` in the chosen directory."""
-    return os.path.join(pool_directory(args), pool_filename(number))
+HOST_WRITTEN = (POOL_NAMES["external"], POOL_NAMES["auto-external"])
 
 
 def one_pool(args: argparse.Namespace, default: int = GUEST) -> int:
@@ -41,32 +40,80 @@ def one_pool(args: argparse.Namespace, default: int = GUEST) -> int:
     return args.pools[0] if args.pools else default
 
 
-def open_pool(args: argparse.Namespace, number: int, writable: bool = False) -> PoolFile:
-    """Pool ``number``, created and opened read-write only when the command writes."""
-    return PoolFile(
-        pool_path(args, number), create=writable, writable=writable, lock_timeout=args.lock_timeout
+def open_dir(args: argparse.Namespace, create: bool = False, writable: bool = False) -> PoolDir:
+    """The pool directory the options name (inside the image with --root), not yet opened."""
+    directory = DEFAULT_POOL_DIR if args.dir is None else args.dir
+    return PoolDir(
+        directory,
+        root=args.root,
+        create=create,
+        writable=writable or create,
+        lock_timeout=args.lock_timeout,
     )
 
 
-def require_dir(args: argparse.Namespace) -> str:
-    """The pool directory, or an I/O error (exit 3) if it does not exist."""
-    directory = pool_directory(args)
-    if not os.path.isdir(directory):
-        raise CliError(f"{directory}: no such pool directory", EXIT_IO)
-    return directory
+def pool_directory(args: argparse.Namespace) -> str:
+    """The pool directory as messages name it (ROOT/var/lib/hyperv with --root)."""
+    pools = open_dir(args)
+    pools.close()
+    return pools.directory
 
 
-def read_image(args: argparse.Namespace, number: int) -> Optional[PoolImage]:
-    """A pool's records under its shared lock, or None if the file does not exist."""
-    pool = open_pool(args, number)
+@contextlib.contextmanager
+def reading(args: argparse.Namespace, writable: bool = False) -> Iterator[PoolDir]:
+    """The pool directory (read-only unless ``writable``); exit 3 if it is missing or this
+    user may not enter it."""
+    pools = open_dir(args, writable=writable)
     try:
-        return pool.image()
-    except PoolError:
-        if not os.path.exists(pool.path):
-            return None
+        try:
+            pools.exists(GUEST)  # the store raises for a missing or forbidden directory
+        except PoolDirMissing:
+            raise CliError(f"{pools.directory}: no such pool directory", EXIT_IO) from None
+        yield pools
+    finally:
+        pools.close()
+
+
+@contextlib.contextmanager
+def writing(args: argparse.Namespace, number: int) -> Iterator[PoolFile]:
+    """Pool ``number`` opened for writing (created if missing), or exit 3 saying what it needs.
+
+    The directory must exist: ``kvp`` never creates ``/var/lib/hyperv`` (a typo in --dir
+    would otherwise make a new directory). A write to a pool the host writes is allowed but
+    warned about: the host replaces that pool's contents.
+    """
+    with reading(args):
+        pass
+    if number in HOST_WRITTEN:
+        log.warning(
+            "pool %d (%s) is written by the host, which may overwrite or remove this change",
+            number,
+            POOL_LABELS[number],
+        )
+    pools = open_dir(args, create=True)
+    pool = pools.pool(number)
+    try:
+        try:
+            pool.ensure_exists()  # also completes a change a killed writer left in the journal
+        except PermissionError:
+            who = "write access" if os.geteuid() == 0 else "root"
+            raise CliError(
+                f"{pool.path}: permission denied; writing a pool needs {who} (try sudo)", EXIT_IO
+            ) from None
+        yield pool
+    except OSError as exc:
+        if not exc.filename:
+            exc.filename = pool.path  # e.g. ENOSPC from a write: say which file
         raise
     finally:
-        pool.close()
+        pools.close()
+
+
+def read_image(pools: PoolDir, number: int) -> Optional[PoolImage]:
+    """A pool's records under its shared lock, or None if the file does not exist."""
+    if not pools.exists(number):
+        return None
+    return pools.pool(number).image()
 
 
 def valid_records(image: Optional[PoolImage]) -> Iterator[Tuple[int, Any]]:
@@ -84,16 +131,3 @@ def first_values(image: Optional[PoolImage]) -> Dict[str, bytes]:
     for _index, rec in valid_records(image):
         values.setdefault(rec.text_key, rec.value)
     return values
-
-
-def writable_pool(args: argparse.Namespace, number: int) -> PoolFile:
-    """A pool opened for writing, or a permission error naming it and what writing needs."""
-    directory = require_dir(args)
-    pool = open_pool(args, number, writable=True)
-    target = pool.path if os.path.exists(pool.path) else directory
-    if not os.access(target, os.W_OK) or not os.access(directory, os.W_OK | os.X_OK):
-        who = "root" if os.geteuid() != 0 else "write access"
-        raise CliError(
-            f"{pool.path}: permission denied; writing a pool needs {who} (try sudo)", EXIT_IO
-        )
-    return pool

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records always a list, findings objects, get/wait answer when not found
 
 
 def escape(data: bytes) -> str:
@@ -69,6 +69,20 @@ def emit_value(args: argparse.Namespace, out: Output, value: bytes) -> None:
         out.write(value + b"\0")
     else:
         out.write(value + b"\n")
+
+
+def lookup_json(pool: Optional[int], key: str, value: Optional[str]) -> Dict[str, Any]:
+    """``get``/``wait --json``: the value and its pool, or ``found: false`` and nulls."""
+    from ..store import POOL_LABELS
+
+    return {
+        "version": SCHEMA_VERSION,
+        "found": value is not None,
+        "pool": pool,
+        "pool_name": None if pool is None else POOL_LABELS[pool],
+        "key": key,
+        "value": value,
+    }
 
 
 def finding_json(f: Any) -> Dict[str, Any]:

@@ -13,9 +13,11 @@ import sys
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .. import __version__
 from ..store import DEFAULT_POOL_DIR, pool_number
 from . import commands
 from .errors import usage
+from .validate import seconds
 
 _COMMON_DEFAULTS: Dict[str, Any] = {
     "dir": None,
@@ -59,7 +61,7 @@ def _common() -> argparse.ArgumentParser:
     out.add_argument("--null", action="store_true", help="NUL-terminated fields")
     out.add_argument("--raw", action="store_true", help="values exactly as stored, unescaped")
     p.add_argument("--unsafe", action="store_true", help="allow keys to 511, values to 2047 bytes")
-    p.add_argument("--lock-timeout", type=float, metavar="S", help="give up on a lock after S s")
+    p.add_argument("--lock-timeout", type=seconds, metavar="S", help="give up on a lock after S s")
     p.add_argument("-v", "--verbose", action="count", help="log more (to stderr)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     return p
@@ -77,6 +79,7 @@ def _top_parser(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         epilog=f"commands:\n{listing}\n\n{EPILOG}\n'kvp COMMAND --help' shows a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kvp {__version__}")
     parser.add_argument("command", metavar="COMMAND", choices=list(commands.COMMANDS))
     rest = parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     rest.required = False  # `kvp` alone names only COMMAND as missing
@@ -116,11 +119,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Modul
             setattr(args, name, list(default) if isinstance(default, list) else default)
     if sum(bool(x) for x in (args.json, args.null, args.raw)) > 1:
         raise usage("use only one of --json, --null and --raw")
-    try:
-        pools: List[int] = []
-        for item in args.pool:
-            pools.extend(pool_number(part.strip()) for part in item.split(",") if part.strip())
-    except ValueError as exc:
-        raise usage(str(exc)) from None
+    for form in ("json", "null", "raw"):
+        if getattr(args, form) and form not in module.FORMATS:
+            raise usage(f"--{form} does not apply to '{top.command}'")
+    pools: List[int] = []
+    for item in args.pool:
+        parts = [part.strip() for part in item.split(",")]
+        if not all(parts):
+            raise usage(f"--pool {item!r} names an empty pool (an unset variable?)")
+        try:
+            pools.extend(pool_number(part) for part in parts)
+        except ValueError as exc:
+            raise usage(str(exc)) from None
     args.pools = list(dict.fromkeys(pools))
     return args, module

@@ -7,11 +7,16 @@ import math
 import os
 from typing import Tuple
 
-from ..store import KEY_SIZE, VALUE_SIZE
+from ..store import (
+    KEY_SIZE,
+    SAFE_KEY_BYTES,
+    SAFE_VALUE_BYTES,
+    VALUE_SIZE,
+    InvalidRecord,
+    check_field,
+)
 from .errors import usage
 
-SAFE_KEY_BYTES = 254  # what the host can read back after the kernel's UTF-16 conversion
-SAFE_VALUE_BYTES = 1022
 UNSAFE_KEY_BYTES = KEY_SIZE - 1
 UNSAFE_VALUE_BYTES = VALUE_SIZE - 1
 _MAX_SECONDS = 366 * 24 * 3600.0  # a longer limit is a typo, not a plan
@@ -19,16 +24,11 @@ _MAX_SECONDS = 366 * 24 * 3600.0  # a longer limit is a typo, not a plan
 
 def checked(raw: bytes, what: str, limit: int, unsafe: bool) -> bytes:
     """``raw`` if it is a storable key/value; a usage error naming the limit and size if not."""
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise usage(f"{what} contains a NUL byte (at byte {nul})")
+    hint = "" if unsafe else " (--unsafe allows more, but the host may not see it whole)"
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise usage(f"{what} is not valid UTF-8 (byte {exc.start})") from None
-    if len(raw) > limit:
-        hint = "" if unsafe else " (--unsafe allows more, but the host may not see it whole)"
-        raise usage(f"{what} is {len(raw)} UTF-8 bytes; the limit is {limit}{hint}")
+        check_field(raw, what, limit, hint)
+    except InvalidRecord as exc:
+        raise usage(str(exc)) from None
     return raw
 
 
@@ -84,3 +84,11 @@ def count(text: str) -> int:
     if not 1 <= value <= 10**9:
         raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1000000000")
     return value
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: a whole number (the command checks its range)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None

@@ -13,19 +13,9 @@ import logging
 from typing import Optional, Tuple
 
 from ..protocol import HV_E_FAIL, HV_GUID_NOTFOUND, HV_INVALIDARG, HV_S_OK, IpInfo
-from .backends import choose_plan
-from .inject import (
-    InvalidRequest,
-    describe,
-    parse_request,
-    render_ifcfg,
-    render_keyfile,
-    write_atomic,
-)
 from .ipinfo import AdapterNotFound, get_ip_info
 from .netlink import NetlinkError
 from .nics import interface_by_guid, interface_index, interface_mac, valid_ifname
-from .plan import NoBackend, Target, execute
 from .runner import CommandError, Deadline
 
 __all__ = ["NetConfig", "INJECTION_MODES", "REQUEST_BUDGET"]
@@ -82,7 +72,15 @@ class NetConfig:
     # ------------------------------------------------------------------ SET_IP_INFO
 
     def set_ip_info(self, request: IpInfo) -> int:
-        """Validate, write the state files, apply; HV_S_OK or the spec's error status."""
+        """Validate, write the state files, apply; HV_S_OK or the spec's error status.
+
+        The SET side (validation, rendering, backends) is imported here, at the first
+        SET_IP_INFO: a host asks for GET_IP_INFO all the time and rarely injects, and those
+        imports would double the first GET's cost and the daemon's memory.
+        """
+        from .inject import InvalidRequest
+        from .plan import NoBackend
+
         try:
             return self._set_ip_info(request)
         except InvalidRequest as exc:
@@ -96,6 +94,10 @@ class NetConfig:
             return HV_E_FAIL
 
     def _set_ip_info(self, request: IpInfo) -> int:
+        from .backends import choose_plan
+        from .inject import describe, parse_request, render_ifcfg, render_keyfile, write_atomic
+        from .plan import Target, execute
+
         deadline = Deadline(REQUEST_BUDGET)
         if self.injection == "off":
             log.warning("SET_IP_INFO for %r refused: IP injection is off", request.adapter_id)

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 
-from .dhcpstate import nm_running
+from .dhcpstate import networkd_running, nm_running
 from .ifupdown import ifupdown_plan
 from .inject import keyfile_uuid, render_keyfile, render_networkd
 from .nics import valid_ifname
@@ -52,8 +52,8 @@ def _nm_manages(target: Target, run_dir: str) -> bool:
 
 
 def _networkd_manages(target: Target, run_dir: str) -> bool:
-    if target.ifindex is None or not shutil.which("networkctl"):
-        return False
+    if target.ifindex is None or not shutil.which("networkctl") or not networkd_running(run_dir):
+        return False  # a dead networkd's link files stay; networkctl would D-Bus-activate it
     path = os.path.join(run_dir, "systemd", "netif", "links", str(target.ifindex))
     if not os.path.isfile(path):
         return False

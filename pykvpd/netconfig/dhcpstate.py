@@ -60,13 +60,26 @@ def _nm_profiles(etc_dir: str, run_dir: str) -> List[Dict[str, Dict[str, str]]]:
     return profiles
 
 
-def nm_running(run_dir: str) -> bool:
-    """Whether NetworkManager runs: /run/NetworkManager outlives it, so under systemd the unit's
-    invocation link (present only while the unit is active) decides; elsewhere the directory."""
+def _unit_active(run_dir: str, unit: str, state_dir: str) -> bool:
+    """Under systemd, whether UNIT is active: systemd keeps /run/systemd/units/invocation:UNIT
+    only while it is (one lstat, no D-Bus). Elsewhere, whether the daemon's STATE_DIR exists."""
     units = os.path.join(run_dir, "systemd", "units")
     if os.path.isdir(units):
-        return os.path.lexists(os.path.join(units, "invocation:NetworkManager.service"))
-    return os.path.isdir(os.path.join(run_dir, "NetworkManager"))
+        return os.path.lexists(os.path.join(units, f"invocation:{unit}"))
+    return os.path.isdir(state_dir)
+
+
+def nm_running(run_dir: str) -> bool:
+    """Whether NetworkManager runs (/run/NetworkManager outlives it, so it cannot tell)."""
+    return _unit_active(run_dir, "NetworkManager.service",
+                        os.path.join(run_dir, "NetworkManager"))
+
+
+def networkd_running(run_dir: str) -> bool:
+    """Whether systemd-networkd runs. A clean stop removes its /run/systemd/netif/links/*
+    files, but a networkd that was killed (crash, OOM, SIGKILL) leaves them as they were."""
+    return _unit_active(run_dir, "systemd-networkd.service",
+                        os.path.join(run_dir, "systemd", "netif", "links"))
 
 
 def _nm_is_dhcp(profile: Dict[str, Dict[str, str]]) -> bool:
@@ -116,8 +129,11 @@ def _int(text: Optional[str]) -> int:
 
 def _networkd_dhcp(ifname: str, ifindex: Optional[int], etc_dir: str,
                    run_dir: str) -> Optional[bool]:
-    """systemd-networkd: the .network file applied to the link (from its state file, else the
-    first file in /etc/systemd/network whose [Match] Name= matches); DHCP=yes/ipv4 means DHCP."""
+    """systemd-networkd, while it runs: the .network file applied to the link (from its state
+    file, else the first file in /etc/systemd/network whose [Match] Name= matches);
+    DHCP=yes/ipv4 means DHCP. A stopped networkd applies no file, whatever /etc holds."""
+    if not networkd_running(run_dir):
+        return None
     path = None
     if ifindex is not None:
         state = ini(_read(os.path.join(run_dir, "systemd", "netif", "links", str(ifindex)))

@@ -70,6 +70,14 @@ def ifupdown_plan(target: Target, etc_dir: str, timeout: float) -> Plan:
             f"cannot apply DNS servers to {target.ifname} with ifupdown: neither resolvconf "
             "nor an enabled systemd-resolved is installed to act on dns-nameservers; "
             "nothing was changed")
+    fragments = os.path.join(etc_dir, "network", "interfaces.d")
+    existing = fragments if os.path.isdir(fragments) else os.path.dirname(fragments)
+    if not os.access(existing, os.W_OK):  # EROFS in pykvpd.service without the drop-in
+        # Checked before the ifdown below: failing after it would leave the link down.
+        raise NoBackend(
+            f"cannot write {fragments} (read-only here: pykvpd.service needs the "
+            "ip-injection.conf drop-in, ReadWritePaths=-/etc/network/interfaces.d); "
+            "nothing was changed")
     _warn_conflicts(target.ifname, etc_dir)
     unit = unit_name(target.ifname)
     ifup, ifdown = str(tools["ifup"]), str(tools["ifdown"])

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..protocol import ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, IpInfo
 from . import netlink
-from .dhcpstate import builtin_dhcp
+from .dhcpstate import builtin_dhcp, networkd_running
 from .nics import interface_mac, interfaces_by_mac, valid_ifname
 from .runner import CommandError, Deadline, Result, finish, lines, start
 
@@ -189,8 +189,10 @@ def builtin_dns(ifindex: Optional[int], etc_dir: str, run_dir: str) -> List[str]
     its own resolv.conf is reported instead of 127.0.0.53, which means nothing to the host.
     """
     if ifindex is not None:
-        for path in (os.path.join(run_dir, "systemd", "resolve", "netif", str(ifindex)),
-                     os.path.join(run_dir, "systemd", "netif", "links", str(ifindex))):
+        paths = [os.path.join(run_dir, "systemd", "resolve", "netif", str(ifindex))]
+        if networkd_running(run_dir):  # a killed networkd leaves its link files behind
+            paths.append(os.path.join(run_dir, "systemd", "netif", "links", str(ifindex)))
+        for path in paths:
             servers = _state_servers(path)
             if servers:
                 return servers

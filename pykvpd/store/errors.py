@@ -11,7 +11,11 @@ class LockTimeout(PoolError):
     """Another process held the pool's lock for longer than we may wait."""
 
 
-class RecordTooLarge(ValueError):
+class InvalidRecord(ValueError):
+    """A key or value that must not be stored: empty key, NUL, not UTF-8, or too long."""
+
+
+class RecordTooLarge(InvalidRecord):
     """A key or value does not fit its field (with its NUL), or contains a NUL."""
 
 

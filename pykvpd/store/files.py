@@ -135,7 +135,7 @@ def _walk_beneath(root_fd: int, path: str, shown: str) -> int:
             try:
                 stack.append(os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=stack[-1]))
             except OSError as exc:
-                if exc.errno == errno.ELOOP:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(stack[-1], part):
                     raise PoolError(
                         f"{shown}: the path has a symbolic link ({part!r}) inside the image; "
                         "this kernel cannot resolve it safely (no openat2)"
@@ -145,6 +145,13 @@ def _walk_beneath(root_fd: int, path: str, shown: str) -> int:
     finally:
         for fd in stack:
             os.close(fd)
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def open_file(dir_fd: int, name: str, flags: int, path: str, mode: int = 0o600) -> int:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .errors import PoolError
 from .poolfile import PoolFile
-from .records import KEY_SIZE, RECORD_SIZE, decode_pool, decode_record, encode_record, split_records
+from .records import (
+    KEY_SIZE,
+    RECORD_SIZE,
+    PoolImage,
+    decode_pool,
+    decode_record,
+    encode_record,
+    split_records,
+)
+from .sidecars import save_backup, saved_partials
 
 # Finding kinds. Repairable ones are fixed by ``repair_image``; the others are only reported.
 PARTIAL = "partial-record"
@@ -21,6 +28,7 @@ EMPTY_KEY = "empty-key"
 DUPLICATE = "duplicate"
 CONFLICT = "duplicate-conflict"
 CASE_DUPLICATE = "case-duplicate"
+SAVED_PARTIAL = "saved-partial"  # beside the pool, not in it (see ``sidecars``)
 
 REPAIRS = {
     PARTIAL: "removed",
@@ -173,9 +181,25 @@ class FsckReport(NamedTuple):
 
 
 def check(pool: PoolFile) -> FsckReport:
-    """fsck one pool, changing nothing (a shared lock; a pending journal shown as completed)."""
+    """fsck one pool, changing nothing (under the shared lock)."""
     data = pool.raw()
-    return FsckReport(fsck_findings(data), len(data) // RECORD_SIZE, [], None)
+    findings = fsck_findings(data) + saved_partial_findings(pool)
+    return FsckReport(findings, len(data) // RECORD_SIZE, [], None)
+
+
+def saved_partial_findings(pool: PoolFile) -> List[Finding]:
+    """One report-only finding per partial record an earlier write saved beside the pool."""
+    return [
+        Finding(
+            SAVED_PARTIAL,
+            None,
+            0,
+            f"a partial record of {len(data)} bytes (no record even when padded) was moved out "
+            f"of the pool into {path}: {data[:32].hex()}{'...' if len(data) > 32 else ''}; "
+            "remove that file once inspected",
+        )
+        for path, data in saved_partials(pool.directory, pool.path)
+    ]
 
 
 def repair(pool: PoolFile) -> FsckReport:
@@ -189,32 +213,27 @@ def repair(pool: PoolFile) -> FsckReport:
         fixed_data, fixed = repair_image(data)
         if not fixed:
             return None
-        seen["backup"] = write_backup(pool.path, data)
+        seen["backup"] = save_backup(pool.directory, pool.path, data)
         seen["fixed"] = fixed
         return fixed_data
 
     pool.transaction(edit)
     return FsckReport(
-        seen["findings"],  # type: ignore[arg-type]
+        seen["findings"] + saved_partial_findings(pool),  # type: ignore[operator]
         seen["records"],  # type: ignore[arg-type]
         seen.get("fixed", []),  # type: ignore[arg-type]
         seen.get("backup"),  # type: ignore[arg-type]
     )
 
 
-def write_backup(path: str, data: bytes) -> str:
-    """Save a pool's bytes before repairing it, beside it, under a name no pool glob matches."""
-    directory, base = os.path.split(path)
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
-    backup = os.path.join(directory, f".pykvpd-fsck-{base.lstrip('.')}-{stamp}")
-    try:
-        fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise PoolError(f"{backup}: cannot write the backup: {exc.strerror}") from None
-    return backup
+class Inspection(NamedTuple):
+    """A pool file's bytes decoded for display (``kvp dump``): every record, damaged or not."""
+
+    size: int
+    image: PoolImage
+    findings: List[Finding]
+
+
+def inspect(data: bytes) -> Inspection:
+    """Decode any bytes as a pool file and say what is wrong with them; never raises."""
+    return Inspection(len(data), decode_pool(data), fsck_findings(data))

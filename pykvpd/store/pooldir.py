@@ -23,7 +23,8 @@ class PoolDir:
 
     With ``root`` (a mounted disk image), ``directory`` is a path inside the image and every
     component of it is resolved inside the image, so nothing outside it is ever read or written;
-    ``path()`` and every message then name the file as ``root/directory/...``. Without ``root``
+    ``path()`` and every message then name the file as ``root/directory/...``. ``writable=None``
+    opens each pool read-write where this user may, else read-only. Without ``root``
     the directory may itself be a symlink (an admin's choice on a live system). Files inside it
     are never followed through a symlink, and only regular files are opened.
     """
@@ -35,7 +36,7 @@ class PoolDir:
         root: Optional[str] = None,
         create: bool = False,
         mode: int = DEFAULT_MODE,
-        writable: bool = True,
+        writable: Optional[bool] = True,
         watch: bool = False,
         lock_timeout: float = 20.0,
     ) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import journal, locking
+from . import journal
 from .errors import PoolError
-from .files import DirHandle, lstat_in, open_file, read_all, read_at, save_aside
+from .files import DirHandle, read_all, read_at
 from .freshness import DirWatch
+from .handle import OpenPool
 from .index import PoolIndex
 from .records import (
     RECORD_SIZE,
@@ -31,11 +32,13 @@ from .records import (
     indexable,
     padded,
 )
+from .sidecars import keep_partial
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODE = 0o644
 _BATCH = 64  # records per read while loading the index: 160 KiB, whatever the pool's size
+_CACHED = 256  # decoded records kept for lock-free repeat reads: at most 256 x 2.5 KiB
 
 
 class PoolFile:
@@ -52,27 +55,21 @@ class PoolFile:
         *,
         create: bool = False,
         mode: int = DEFAULT_MODE,
-        writable: bool = True,
+        writable: Optional[bool] = True,
         watch: Optional[DirWatch] = None,
         lock_timeout: float = 20.0,
         directory: Optional[DirHandle] = None,
     ) -> None:
         self.path = path
         self.name = os.path.basename(path)
-        self._journal_path = journal.journal_path(path)
-        self._journal_name = os.path.basename(self._journal_path)
-        self._create = create
-        self._mode = mode
-        self._writable = writable
+        self._file = OpenPool(path, directory, create=create, mode=mode, writable=writable,
+                              lock_timeout=lock_timeout)  # fmt: skip
+        self._journal_name = self._file.journal_name
         self._watch = watch
-        self._lock_timeout = lock_timeout
-        self._own_dir = directory is None
-        self._directory = (
-            DirHandle(os.path.dirname(path) or ".") if directory is None else directory
-        )
-        self._fd: Optional[int] = None
-        self._journal_fd: Optional[int] = None
         self._index = PoolIndex()
+        # Records read since the file last changed (slot -> record), for the daemon's repeated
+        # GETs and ENUMERATEs: served without a lock or a read while the watch shows no event.
+        self._cache: Dict[int, Record] = {}
         self._trailing = b""
         # A read-only reader's view of a change a killed writer left pending: the whole file as
         # the journal will leave it (values are then read from here, not from the file).
@@ -80,45 +77,26 @@ class PoolFile:
         self._snapshot: Optional[Tuple[int, ...]] = None
         self._reported: Optional[Tuple[int, ...]] = None
 
-    # ----------------------------------------------------------------- open / close
+    @property
+    def writable(self) -> bool:
+        """Whether changes are allowed (with ``writable=None``: decided when first opened)."""
+        if self._file.writable is None:
+            self._file.open()
+        return bool(self._file.writable)
 
-    def _dir(self) -> int:
-        return self._directory.fd()
-
-    def _open(self) -> int:
-        """Open, creating with ``mode`` if allowed and missing; never touch an existing file."""
-        flags = os.O_RDWR if self._writable else os.O_RDONLY
-        self._dir()  # a missing or forbidden directory is its own error, not a missing pool
-        try:
-            return open_file(self._dir(), self.name, flags, self.path)
-        except FileNotFoundError:
-            if not self._create:
-                raise PoolError(f"{self.path}: no such pool file") from None
-        try:
-            fd = open_file(
-                self._dir(), self.name, flags | os.O_CREAT | os.O_EXCL, self.path, self._mode
-            )
-            os.fchmod(fd, self._mode)  # independent of the umask
-            return fd
-        except FileExistsError:
-            return open_file(self._dir(), self.name, flags, self.path)
-        except FileNotFoundError:
-            raise PoolError(f"{self.path}: cannot create: the directory is gone") from None
+    @property
+    def directory(self) -> DirHandle:
+        """The pool directory, open (files beside the pool are made through it)."""
+        return self._file.dir
 
     def ensure_exists(self) -> None:
         """Create the file if missing (mode ``mode``); an existing file is left untouched,
         unless a killed writer left a change in its journal: that change is completed now."""
-        if self._fd is None:
-            self._fd = self._open()
+        self._file.open()
         self._recover_if_needed()
 
     def close(self) -> None:
-        for fd in (self._fd, self._journal_fd):
-            if fd is not None:
-                os.close(fd)
-        if self._own_dir:
-            self._directory.close()
-        self._fd = self._journal_fd = None
+        self._file.close()
         self._snapshot = None
 
     def __enter__(self) -> PoolFile:
@@ -127,45 +105,17 @@ class PoolFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ----------------------------------------------------------------- locking
+    def _locked(self, exclusive: bool):  # noqa: ANN202 - a context manager of the fd
+        """Both locks on the file at ``path`` now; a watch with no event for the name since we
+        last held the lock vouches that it is still the same file."""
+        return self._file.locked(exclusive, self._same_as_before, self._forget)
 
-    @contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[int]:
-        """Hold both locks on the file that is at ``path`` now (reopening after a rename)."""
-        for _ in range(10):
-            if self._fd is None:
-                self._fd = self._open()
-            fd = self._fd
-            locking.lock(fd, exclusive, self._lock_timeout, self.path)
-            try:
-                # No event for the name since we last held the lock: still the file at path.
-                same = (
-                    self._watch is not None
-                    and self._snapshot is not None
-                    and not self._watch.changed(self.name)
-                ) or self._same_file(fd)
-            except BaseException:
-                locking.unlock(fd)
-                raise
-            if same:
-                break
-            # Replaced by rename or deleted while we waited: drop the stale inode and retry.
-            locking.unlock(fd)
-            os.close(fd)
-            self._fd, self._snapshot = None, None
-        else:
-            raise PoolError(f"{self.path}: file keeps being replaced; giving up")
-        try:
-            yield fd
-        finally:
-            locking.unlock(fd)
+    def _same_as_before(self) -> bool:
+        watch = self._watch
+        return watch is not None and self._snapshot is not None and not watch.changed(self.name)
 
-    def _same_file(self, fd: int) -> bool:
-        on_disk = lstat_in(self._dir(), self.name, self.path)
-        if on_disk is None:
-            return False
-        held = os.fstat(fd)
-        return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+    def _forget(self) -> None:
+        self._snapshot = None
 
     # ----------------------------------------------------------------- the index
 
@@ -176,31 +126,20 @@ class PoolFile:
 
     def _fresh(self, fd: int) -> None:
         """Make the index match the file (caller holds a lock)."""
-        if (
-            self._watch is not None
-            and self._snapshot is not None
-            and not self._watch.changed(self.name)
-        ):
-            return  # inotify proves nothing was written since (writes through mmap excepted)
-        self._reload(fd)
+        if not self._same_as_before():  # inotify proves nothing was written (mmap excepted)
+            self._reload(fd)
 
     def _reload(self, fd: int) -> None:
         """Rebuild the index from the file, ``_BATCH`` records at a time."""
-        self._overlay = None if self._writable else self._as_completed(fd)
-        index, problems, offset = PoolIndex(), [], 0
-        while True:
-            data = self._read(fd, _BATCH * RECORD_SIZE, offset)
-            whole = len(data) - len(data) % RECORD_SIZE
-            for start in range(0, whole, RECORD_SIZE):
-                rec = decode_record(data[start : start + RECORD_SIZE])
-                slot = index.append(rec.key if indexable(rec) else None, rec.valid)
-                if rec.problem and len(problems) < 6:
-                    problems.append(f"record {slot}: {rec.problem}")
-            offset += whole
-            if len(data) < _BATCH * RECORD_SIZE:
-                self._trailing = data[whole:]
-                break
+        self._overlay = None if self.writable else self._file.as_completed(fd)
+        index, problems, tail = PoolIndex(), [], []
+        for rec in self._scan(fd, tail):
+            slot = index.append(rec.key if indexable(rec) else None, rec.valid)
+            if rec.problem and len(problems) < 6:
+                problems.append(f"record {slot}: {rec.problem}")
+        self._trailing, offset = tail[0], len(index) * RECORD_SIZE
         self._index = index
+        self._cache.clear()
         self._snapshot = self._stat_key(fd)
         if self._watch is not None:
             self._watch.mark_clean(self.name)
@@ -208,13 +147,44 @@ class PoolFile:
             problems.append(f"partial record of {len(self._trailing)} bytes at offset {offset}")
         self._report_damage(problems, len(index.bad) + bool(self._trailing))
 
+    def _scan(self, fd: int, tail: List[bytes]) -> Iterator[Record]:
+        """Every whole record of the file in order, read ``_BATCH`` at a time; the bytes of a
+        partial record after them are appended to ``tail``."""
+        offset = 0
+        while True:
+            data = self._read(fd, _BATCH * RECORD_SIZE, offset)
+            whole = len(data) - len(data) % RECORD_SIZE
+            for start in range(0, whole, RECORD_SIZE):
+                yield decode_record(data[start : start + RECORD_SIZE])
+            if len(data) < _BATCH * RECORD_SIZE:
+                tail.append(data[whole:])
+                return
+            offset += whole
+
     def _read(self, fd: int, length: int, offset: int) -> bytes:
         if self._overlay is not None:
             return self._overlay[offset : offset + length]
         return read_at(fd, length, offset, self.path)
 
     def _record(self, fd: int, slot: int) -> Record:
-        return decode_record(self._read(fd, RECORD_SIZE, slot * RECORD_SIZE))
+        record = self._cache.get(slot)
+        if record is None:
+            record = decode_record(self._read(fd, RECORD_SIZE, slot * RECORD_SIZE))
+            if len(self._cache) >= _CACHED:
+                self._cache.clear()
+            self._cache[slot] = record
+        return record
+
+    def _unchanged(self) -> bool:
+        """The watch shows no event for the pool or its journal since we last held the lock:
+        the index and the cached records are still the file's content (every writer's
+        ``write()`` queues its event before returning), so no lock is needed to use them."""
+        watch = self._watch
+        return (
+            watch is not None
+            and self._snapshot is not None
+            and not watch.changed(self.name, self._journal_name)
+        )
 
     def _report_damage(self, problems: List[str], count: int) -> None:
         """Log a damaged file once per state of the file, not once per request."""
@@ -228,47 +198,14 @@ class PoolFile:
 
     def _recover(self, fd: int) -> None:
         """Finish a change a killed writer left in the journal (caller holds the write lock)."""
-        jfd = self._journal(create=False)
+        jfd = self._file.journal(create=False)
         if jfd is not None and journal.recover(fd, jfd, self.path):
             self._snapshot = None
-
-    def _journal(self, create: bool) -> Optional[int]:
-        if self._journal_fd is None:
-            flags = os.O_RDWR | (os.O_CREAT if create else 0)
-            try:
-                self._journal_fd = open_file(
-                    self._dir(), self._journal_name, flags, self._journal_path
-                )
-            except FileNotFoundError:
-                return None
-        return self._journal_fd
-
-    def _as_completed(self, fd: int) -> Optional[bytes]:
-        """A read-only reader cannot complete a change a killed writer left in the journal,
-        but it can show the pool as it will be: never the half-done change. None when no
-        change is pending (the file is then read as it is)."""
-        try:
-            jfd = open_file(self._dir(), self._journal_name, os.O_RDONLY, self._journal_path)
-        except (OSError, PoolError):  # no journal, or not ours to read (0600)
-            return None
-        try:
-            pending = read_all(jfd, self._journal_path)
-        finally:
-            os.close(jfd)
-        if not pending:
-            return None
-        data = read_all(fd, self.path)
-        completed = journal.replayed_in_memory(data, pending)
-        return None if completed is data else completed
-
-    def _journal_pending(self) -> bool:
-        st = lstat_in(self._dir(), self._journal_name, self._journal_path)
-        return st is not None and st.st_size > 0
 
     def _recover_if_needed(self) -> None:
         if self._watch is not None:
             self._watch.mark_clean(self._journal_name)  # before looking: later events count
-        if self._writable and self._journal_pending():
+        if self.writable and self._file.journal_pending():
             with self._locked(exclusive=True) as fd:
                 self._recover(fd)
 
@@ -292,8 +229,7 @@ class PoolFile:
     def image(self) -> PoolImage:
         """All records (valid or not) and any partial tail, read under a shared lock."""
         with self._reading() as fd:
-            records = tuple(self._record(fd, slot) for slot in range(len(self._index)))
-            return PoolImage(records, self._trailing)
+            return PoolImage(tuple(self._scan(fd, [])), self._trailing)
 
     def records(self) -> List[Record]:
         """All whole records in file order, including damaged ones (see ``Record.problem``)."""
@@ -310,18 +246,25 @@ class PoolFile:
 
     def enumerate(self, index: int) -> Optional[Record]:
         """The index-th valid record (what the host's ENUMERATE walks), or None past the end."""
-        with self._reading() as fd:
-            slot = self._index.shown(index)
-            return None if slot is None else self._record(fd, slot)
+        return self._find(lambda ix: ix.shown(index))
 
     def get(self, key: Text) -> Optional[bytes]:
         """Value of the first record whose key is exactly ``key`` (case-sensitive), or None."""
         k = as_bytes(key)
+        record = self._find(lambda ix: ix.first.get(k))
+        return None if record is None else record.value
+
+    def _find(self, slot_of: Callable[[PoolIndex], Optional[int]]) -> Optional[Record]:
+        """The record in the slot ``slot_of`` picks from the index (None: no such record);
+        from the cache without a lock while the watch shows no change."""
+        if self._unchanged():
+            slot = slot_of(self._index)
+            cached = None if slot is None else self._cache.get(slot)
+            if slot is None or cached is not None:
+                return cached
         with self._reading() as fd:
-            slot = self._index.first.get(k)
-            if slot is None:
-                return None
-            return self._record(fd, slot).value
+            slot = slot_of(self._index)
+            return None if slot is None else self._record(fd, slot)
 
     def raw(self) -> bytes:
         """The file's exact bytes (stale tails after NULs included), under the shared lock."""
@@ -350,6 +293,7 @@ class PoolFile:
                 size = count * RECORD_SIZE + len(self._trailing)  # a partial tail stays as it is
                 self._commit(fd, [(slot * RECORD_SIZE, encode_record(k, v))], size)
                 index.set_valid(slot)
+                self._cache[slot] = Record(k, v)
                 return False
             writes: List[Tuple[int, bytes]] = []
             tail = padded(self._trailing) if self._trailing else None
@@ -360,9 +304,10 @@ class PoolFile:
                 self._trailing = b""
                 index.append(k, True)
                 return False
-            if tail is not None and self._keep_partial(tail):
-                pad_at = count * RECORD_SIZE + len(self._trailing)
-                writes.append((pad_at, bytes(RECORD_SIZE - len(self._trailing))))
+            partial = self._trailing
+            if tail is not None and keep_partial(self.directory, self.path, partial, tail.valid):
+                pad_at = count * RECORD_SIZE + len(partial)
+                writes.append((pad_at, bytes(RECORD_SIZE - len(partial))))
                 count += 1
             else:
                 tail = None
@@ -373,28 +318,6 @@ class PoolFile:
             self._trailing = b""
             index.append(k, True)
             return True
-
-    def _keep_partial(self, tail: Record) -> bool:
-        """Before a record is appended over a partial one: a partial record that reads as a
-        record once zero-padded is padded and kept in place (True); one that does not is saved
-        beside the pool (``.pykvpd-partial-*``, shown by fsck) and then overwritten (False)."""
-        if tail.valid:
-            log.warning(
-                "%s: keeping a partial record of %d bytes by padding it to a whole record",
-                self.path,
-                len(self._trailing),
-            )
-            return True
-        saved = save_aside(
-            self._dir(), self._directory.shown, partial_prefix(self.name), self._trailing
-        )
-        log.warning(
-            "%s: a partial record of %d bytes that is no record even when padded was saved as %s",
-            self.path,
-            len(self._trailing),
-            saved,
-        )
-        return False
 
     def delete(self, key: Text) -> bool:
         """Remove the first record with this key; False if absent.
@@ -418,6 +341,8 @@ class PoolFile:
             if self._trailing:
                 writes.append((end, self._trailing))
             self._commit(fd, writes, end + len(self._trailing))
+            for gone in (slot, len(index) - 1, *(src for src, _dst in moves)):
+                self._cache.pop(gone, None)
             index.apply_delete(slot, moves)
             return True
 
@@ -426,6 +351,7 @@ class PoolFile:
         with self._write() as fd:
             self._commit(fd, [], 0)
             self._index, self._trailing = PoolIndex(), b""
+            self._cache.clear()
 
     def transaction(self, edit: Callable[[bytes, os.stat_result], Optional[bytes]]) -> bool:
         """Replace the file's bytes with ``edit(old_bytes, stat)`` as one crash-safe change.
@@ -452,7 +378,7 @@ class PoolFile:
 
     @contextmanager
     def _write(self) -> Iterator[int]:
-        if not self._writable:
+        if not self.writable:
             raise PoolError(f"{self.path}: opened read-only")
         with self._locked(exclusive=True) as fd:
             watch = self._watch
@@ -465,7 +391,7 @@ class PoolFile:
 
     def _commit(self, fd: int, writes: List[Tuple[int, bytes]], size_after: int) -> None:
         """Make one change through the journal (caller holds the write lock)."""
-        jfd = self._journal(create=True)
+        jfd = self._file.journal(create=True)
         assert jfd is not None
         try:
             journal.commit(fd, jfd, writes, size_after, self.path)
@@ -475,9 +401,3 @@ class PoolFile:
         self._snapshot = self._stat_key(fd)
         if self._watch is not None:
             self._watch.mark_clean(self.name, self._journal_name)
-
-
-def partial_prefix(pool_name: str) -> str:
-    """Name prefix of the files that keep a pool's undecodable partial records (fsck lists
-    them); like the journal's, it matches no ``.kvp_pool_*`` glob."""
-    return ".pykvpd-partial-" + pool_name.lstrip(".")

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .errors import RecordTooLarge
+from .errors import InvalidRecord, RecordTooLarge
 
 MAX_KEY_SIZE = 512
 MAX_VALUE_SIZE = 2048
 POOL_COUNT = 5
+
+# What the host reads back whole after the kernel's UTF-16 conversion (254 and 1022 UTF-16
+# units; a UTF-8 byte is never more than one unit): the default limits of validated writes.
+SAFE_KEY_BYTES = 254
+SAFE_VALUE_BYTES = 1022
 
 KEY_SIZE = MAX_KEY_SIZE
 VALUE_SIZE = MAX_VALUE_SIZE
@@ -47,8 +52,9 @@ def pool_number(pool: Union[int, str]) -> int:
     return number
 
 
-def pool_filename(number: int) -> str:
-    return f".kvp_pool_{number}"
+def pool_filename(pool: Union[int, str]) -> str:
+    """``.kvp_pool_<N>`` for a pool number or name (ValueError for one that does not exist)."""
+    return f".kvp_pool_{pool_number(pool)}"
 
 
 def as_bytes(text: Text) -> bytes:
@@ -117,6 +123,34 @@ def check_sizes(key: bytes, value: bytes) -> None:
         raise RecordTooLarge(f"key is {len(key)} bytes; the limit is {KEY_SIZE - 1}")
     if len(value) > VALUE_SIZE - 1:
         raise RecordTooLarge(f"value is {len(value)} bytes; the limit is {VALUE_SIZE - 1}")
+
+
+def check_field(raw: bytes, what: str, limit: int, hint: str = "") -> None:
+    """Raise InvalidRecord unless ``raw`` is UTF-8 without NUL of at most ``limit`` bytes;
+    ``hint`` is added to the message of a value that is too long."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise InvalidRecord(f"{what} contains a NUL byte (at byte {nul})")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    if len(raw) > limit:
+        raise InvalidRecord(f"{what} is {len(raw)} UTF-8 bytes; the limit is {limit}{hint}")
+
+
+def validate(key: bytes, value: bytes, *, unsafe: bool = False) -> None:
+    """Raise InvalidRecord unless every reader and the host can use this record: a non-empty
+    key, UTF-8 without NUL, at most 254/1022 bytes (``unsafe``: the fields' 511/2047)."""
+    if not key:
+        raise InvalidRecord("key is empty")
+    if unsafe:
+        check_field(key, "key", KEY_SIZE - 1)
+        check_field(value, "value", VALUE_SIZE - 1)
+    else:
+        hint = " (unsafe=True allows more, but the host may not see it whole)"
+        check_field(key, "key", SAFE_KEY_BYTES, hint)
+        check_field(value, "value", SAFE_VALUE_BYTES, hint)
 
 
 def indexable(record: Record) -> bool:

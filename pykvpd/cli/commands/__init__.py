@@ -1,6 +1,8 @@
 """The ``kvp`` commands: name, module and one-line summary; a module is imported only when run.
 
-Each module has ``add_arguments(parser)`` for its own options and ``run(args, out) -> int``.
+Each module has ``add_arguments(parser)`` for its own options, ``run(args, out) -> int``, and
+``FORMATS``: which of ``--json``, ``--null`` and ``--raw`` mean something to it (the others are
+refused rather than ignored).
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 
 from ... import store
 from ...store import POOL_LABELS
-from ..access import one_pool, pool_path, writable_pool
+from ..access import one_pool, reading, writing
 from ..errors import EXIT_IO, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output
+
+FORMATS = ("json",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,15 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     number = one_pool(args)
-    path = pool_path(args, number)
-    result = {"cleared": False, "records": 0, "stale": None}
-    if os.path.exists(path):
-        pool = writable_pool(args, number)
+    with reading(args) as pools:
+        path, exists = pools.path(number), pools.exists(number)
+    result = {"cleared": False, "removed": 0, "stale": None}
+    if exists:
         boot = store.boot_time() if args.if_stale else None
         if args.if_stale and boot is None:
             raise CliError("cannot tell the boot time; not clearing", EXIT_IO)
-        with contextlib.closing(pool):
-            result = store.clear(pool, if_stale_since=boot)._asdict()
+        with writing(args, number) as pool:
+            done = store.clear(pool, if_stale_since=boot)
+        result = {
+            "cleared": done.cleared,
+            "removed": done.records if done.cleared else 0,
+            "stale": done.stale,
+        }
     if args.json:
         out.json(
             {
@@ -40,8 +45,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         )
     elif not args.quiet:
         if result["cleared"]:
-            out.line(f"{path}: cleared ({result['records']} records removed)")
-        elif os.path.exists(path):
+            out.line(f"{path}: cleared ({result['removed']} records removed)")
+        elif exists:
             out.line(f"{path}: modified since boot; left alone")
         else:
             out.line(f"{path}: missing; nothing to clear")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 
 from ... import store
 from ...store import POOL_LABELS
-from ..access import one_pool, pool_path, require_dir, writable_pool
+from ..access import one_pool, reading, writing
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import SCHEMA_VERSION, Output, escape, text
 from ..validate import check_key
 
 log = logging.getLogger("kvp")
+
+
+FORMATS = ("json",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,12 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     number = one_pool(args)
     key = check_key(args, args.key)
-    if not os.path.exists(pool_path(args, number)):
-        require_dir(args)
-        found = 0
-    else:
-        pool = writable_pool(args, number)
-        with contextlib.closing(pool):
+    with reading(args) as pools:
+        exists = pools.exists(number)
+    found = 0
+    if exists:
+        with writing(args, number) as pool:
             if args.chunk:
                 found = store.delete_chunked(pool, text(key))
             else:
@@ -46,8 +46,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             }
         )
     if not found:
-        if not args.quiet:
+        if not args.quiet and not args.json:  # the JSON answer says it
             log.error("%s: not found in %s", escape(key), POOL_LABELS[number])
         return EXIT_NOT_FOUND
     return EXIT_OK
-

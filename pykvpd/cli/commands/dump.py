@@ -5,13 +5,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 from typing import Dict, List, Optional
 
 from ... import store
-from ...store import RECORD_SIZE, PoolFile, decode_pool
+from ...store import RECORD_SIZE, PoolFile
 from ..errors import EXIT_IO, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
+
+
+def _check_file(name: str) -> None:
+    """Exit 3 with what ``name`` is, unless it is a regular file ``dump`` can decode."""
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        raise CliError(f"{name}: no such file", EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"{name}: {exc.strerror}", EXIT_IO) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CliError(
+            f"{name}: is a directory; dump decodes one pool file "
+            f"(try 'kvp --dir {name} list' or 'kvp --dir {name} fsck')",
+            EXIT_IO,
+        )
+    if not stat.S_ISREG(st.st_mode):
+        kind = "character device" if stat.S_ISCHR(st.st_mode) else "special file"
+        raise CliError(f"{name}: is a {kind}, not a pool file (use - to read stdin)", EXIT_IO)
+
+
+FORMATS = ("json",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,13 +46,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         data, name = sys.stdin.buffer.read(), "<stdin>"
     else:
         name = args.file
-        if not os.path.isfile(name):
-            raise CliError(f"{name}: no such file", EXIT_IO)
+        _check_file(name)
         pool = PoolFile(name, writable=False, lock_timeout=args.lock_timeout)
         with contextlib.closing(pool):
             data = pool.raw()
-    image = decode_pool(data)
-    findings = store.fsck_findings(data)
+    inspection = store.inspect(data)
+    image, findings = inspection.image, inspection.findings
     by_index: Dict[Optional[int], List[store.Finding]] = {}
     for f in findings:
         by_index.setdefault(f.index, []).append(f)
@@ -38,7 +60,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             {
                 "version": SCHEMA_VERSION,
                 "path": name,
-                "size": len(data),
+                "size": inspection.size,
                 "records": [
                     {
                         "index": i,
@@ -60,7 +82,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_OK
     out.line(
-        f"{name}: {len(data)} bytes, {len(image.records)} records"
+        f"{name}: {inspection.size} bytes, {len(image.records)} records"
         + (f", {len(image.trailing)} trailing bytes" if image.trailing else "")
         + f", {len(findings)} problem{'s' if len(findings) != 1 else ''}"
     )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from ... import store
-from ...store import POOL_LABELS, PoolFile, pool_filename
-from ..access import ALL_POOLS, require_dir
+from ...store import POOL_LABELS, PoolFile
+from ..access import ALL_POOLS, reading
 from ..errors import EXIT_IO, EXIT_NOT_FOUND, EXIT_OK, CliError, usage
 from ..output import SCHEMA_VERSION, Output, finding_json
+
+FORMATS = ("json",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,64 +22,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    targets: List[Tuple[Optional[int], str]]
+    if args.files and args.pools:
+        raise usage("give either FILEs or --pool, not both")
+    results = []
     if args.files:
-        if args.pools:
-            raise usage("give either FILEs or --pool, not both")
-        targets = [(None, path) for path in args.files]
+        for path in args.files:
+            if not os.path.exists(path):
+                raise CliError(f"{path}: no such file", EXIT_IO)
+            pool = PoolFile(path, writable=args.repair, lock_timeout=args.lock_timeout)
+            with contextlib.closing(pool):
+                results.append(fsck_one(args, None, pool))
     else:
-        directory = require_dir(args)
-        numbers = args.pools or list(ALL_POOLS)
-        targets = [(n, os.path.join(directory, pool_filename(n))) for n in numbers]
-    results, left = [], 0
-    for number, path in targets:
-        result = fsck_one(args, number, path)
-        results.append(result)
-        left += len(result["remaining"])
+        with reading(args, writable=args.repair) as pools:
+            for number in args.pools or list(ALL_POOLS):
+                if pools.exists(number):
+                    results.append(fsck_one(args, number, pools.pool(number)))
+                else:
+                    results.append(_result(number, pools.path(number), exists=False))
+    left = 0
+    for result in results:
+        left += len(result.pop("remaining"))
         if not args.json:
             print_fsck(out, result, args.repair)
     if args.json:
-        out.json(
-            {
-                "version": SCHEMA_VERSION,
-                "clean": left == 0,
-                "files": [{k: v for k, v in r.items() if k != "remaining"} for r in results],
-            }
-        )
+        out.json({"version": SCHEMA_VERSION, "clean": left == 0, "files": results})
     return EXIT_OK if left == 0 else EXIT_NOT_FOUND
 
 
-def fsck_one(args: argparse.Namespace, number: Optional[int], path: str) -> Dict[str, Any]:
-    result: Dict[str, Any] = {
+def _result(number: Optional[int], path: str, exists: bool) -> Dict[str, Any]:
+    return {
         "pool": number,
         "pool_name": POOL_LABELS[number] if number is not None else None,
         "path": path,
-        "exists": os.path.exists(path),
-        "records": 0,
+        "exists": exists,
+        "record_count": 0,
         "findings": [],
         "repaired": [],
         "backup": None,
         "remaining": [],
     }
-    if not result["exists"]:
-        if number is None:
-            raise CliError(f"{path}: no such file", EXIT_IO)
-        return result
+
+
+def fsck_one(args: argparse.Namespace, number: Optional[int], pool: PoolFile) -> Dict[str, Any]:
+    """Check (or --repair) one existing pool file; its JSON result plus what remains wrong."""
+    result = _result(number, pool.path, exists=True)
     if args.repair:
-        if not os.access(path, os.W_OK) or not os.access(os.path.dirname(path) or ".", os.W_OK):
-            raise CliError(f"{path}: permission denied; repairing needs root (try sudo)", EXIT_IO)
-        pool = PoolFile(path, writable=True, lock_timeout=args.lock_timeout)
-        with contextlib.closing(pool):
-            report = store.repair(pool)
+        try:
+            pool.ensure_exists()  # opens it read-write
+        except PermissionError:
+            raise CliError(
+                f"{pool.path}: permission denied; repairing needs root (try sudo)", EXIT_IO
+            ) from None
+        report = store.repair(pool)
     else:
-        pool = PoolFile(path, writable=False, lock_timeout=args.lock_timeout)
-        with contextlib.closing(pool):
-            report = store.check(pool)
-    findings = report.findings
+        report = store.check(pool)
     result["backup"] = report.backup
     result["repaired"] = [finding_json(f) for f in report.repaired]
-    result["records"] = report.records
-    result["findings"] = [finding_json(f) for f in findings]
+    result["record_count"] = report.records
+    result["findings"] = [finding_json(f) for f in report.findings]
     result["remaining"] = report.remaining()
     return result
 
@@ -89,7 +91,7 @@ def print_fsck(out: Output, result: Dict[str, Any], repair: bool) -> None:
         return
     findings = result["findings"]
     state = "clean" if not findings else f"{len(findings)} problem(s)"
-    out.line(f"{label}: {result['records']} records, {state}")
+    out.line(f"{label}: {result['record_count']} records, {state}")
     repaired = {(f["kind"], f["index"]) for f in result["repaired"]}
     for f in findings:
         where = f"record {f['index']}" if f["index"] is not None else f"offset {f['offset']}"

@@ -7,12 +7,15 @@ import logging
 
 from ... import store
 from ...store import POOL_LABELS
-from ..access import GET_ORDER, first_values, read_image, require_dir
+from ..access import GET_ORDER, first_values, read_image, reading
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
-from ..output import SCHEMA_VERSION, Output, emit_value, escape, text
-from ..validate import arg_bytes
+from ..output import Output, emit_value, escape, lookup_json, text
+from ..validate import check_key
 
 log = logging.getLogger("kvp")
+
+
+FORMATS = ("json", "null", "raw")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,36 +24,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    require_dir(args)
-    key = arg_bytes(args.key)
-    for n in args.pools or list(GET_ORDER):
-        image = read_image(args, n)
-        values = first_values(image)
-        chunks = None
-        if args.join:
-            joined = store.join_chunks(values, text(key))
-            if joined is None:
+    key = check_key(args, args.key)
+    numbers = args.pools or list(GET_ORDER)
+    chunked = False
+    with reading(args) as pools:
+        for n in numbers:
+            values = first_values(read_image(pools, n))
+            chunks = None
+            if args.join:
+                joined = store.join_chunks(values, text(key))
+                if joined is None:
+                    continue
+                value, chunks = joined
+            elif text(key) in values:
+                value = values[text(key)]
+            else:
+                chunked = chunked or store.chunk_key(text(key), 0) in values
                 continue
-            value, chunks = joined
-        elif text(key) in values:
-            value = values[text(key)]
-        else:
-            continue
-        if args.json:
-            result = {
-                "version": SCHEMA_VERSION,
-                "pool": n,
-                "pool_name": POOL_LABELS[n],
-                "key": text(key),
-                "value": text(value),
-            }
-            if chunks is not None:
-                result["chunks"] = chunks
-            out.json(result)
-        else:
-            emit_value(args, out, value)
-        return EXIT_OK
-    where = "any pool" if not args.pools else ", ".join(POOL_LABELS[n] for n in args.pools)
-    if not args.quiet:
-        log.error("%s: not found in %s", escape(key), where)
+            if args.json:
+                result = lookup_json(n, text(key), text(value))
+                if chunks is not None:
+                    result["chunks"] = chunks
+                out.json(result)
+            else:
+                emit_value(args, out, value)
+            return EXIT_OK
+    if args.json:
+        out.json(lookup_json(None, text(key), None))
+    elif not args.quiet:
+        where = "any pool" if not args.pools else ", ".join(POOL_LABELS[n] for n in args.pools)
+        hint = (
+            f" ({escape(key)}.0, .1, ... exist: --join reads them as one value)" if chunked else ""
+        )
+        log.error("%s: not found in %s%s", escape(key), where, hint)
     return EXIT_NOT_FOUND

@@ -8,9 +8,11 @@ from typing import Optional
 
 from ... import store
 from ...store import POOL_LABELS
-from ..access import one_pool, pool_path
+from ..access import one_pool, reading
 from ..errors import EXIT_IO, EXIT_NOT_FOUND, EXIT_OK, CliError
 from ..output import SCHEMA_VERSION, Output
+
+FORMATS = ("json",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,14 +21,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     number = one_pool(args)
-    path = pool_path(args, number)
+    with reading(args) as pools:  # a missing or forbidden directory: exit 3
+        path = pools.path(number)
+        exists = pools.exists(number)
     boot = store.boot_time()
-    try:
-        mtime: Optional[float] = os.stat(path).st_mtime
-    except FileNotFoundError:
-        mtime = None
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror}", EXIT_IO) from None
+    mtime: Optional[float] = None
+    if exists:
+        try:
+            mtime = os.lstat(path).st_mtime
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CliError(f"{path}: {exc.strerror}", EXIT_IO) from None
     if boot is None:
         raise CliError("cannot tell the boot time (no /proc/stat btime or /proc/uptime)", EXIT_IO)
     stale = mtime is not None and mtime < boot

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from typing import Any, Dict
 
 from ... import store
 from ...store import POOL_LABELS
-from ..access import one_pool, writable_pool
+from ..access import one_pool, writing
 from ..errors import EXIT_OK, usage
 from ..output import SCHEMA_VERSION, Output, escape, text
-from ..validate import arg_bytes, check_key, checked, limits
+from ..validate import arg_bytes, byte_size, check_key, checked, limits
 
 log = logging.getLogger("kvp")
+
+
+FORMATS = ("json", "raw")  # --raw: keep stdin byte for byte
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("key")
     p.add_argument("value", help="the value, or - to read it from stdin")
     p.add_argument("--chunk", action="store_true", help="split a long value over KEY.0..N")
-    p.add_argument("--chunk-size", type=int, metavar="BYTES", help="bytes per chunk")
+    p.add_argument("--chunk-size", type=byte_size, metavar="BYTES", help="bytes per chunk")
 
 
 def read_value(args: argparse.Namespace) -> bytes:
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.chunk_size is not None and not args.chunk:
         raise usage("--chunk-size needs --chunk")
     if args.chunk:
-        size = args.chunk_size or value_limit
+        size = value_limit if args.chunk_size is None else args.chunk_size
         if not 4 <= size <= value_limit:
             raise usage(f"--chunk-size is {size}; it must be between 4 and {value_limit}")
         checked(value, "value", len(value), args.unsafe)  # NUL and UTF-8 only
@@ -54,15 +56,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
             key_limit,
             args.unsafe,
         )
-        pool = writable_pool(args, number)
-        with contextlib.closing(pool):
+        with writing(args, number) as pool:
             store.write_chunks(pool, text(key), value, size)
         op = "chunked"
     else:
         checked(value, "value", value_limit, args.unsafe)
         count = 0
-        pool = writable_pool(args, number)
-        with contextlib.closing(pool):
+        with writing(args, number) as pool:
             op = "add" if pool.set(key, value) else "modify"
     log.info("%s %s in %s (%s)", op, escape(key), POOL_LABELS[number], pool.path)
     if args.json:
@@ -77,4 +77,3 @@ def run(args: argparse.Namespace, out: Output) -> int:
             result["chunks"] = count
         out.json(result)
     return EXIT_OK
-

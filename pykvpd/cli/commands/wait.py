@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ...store import POOL_LABELS
 from ...watch import PoolWatcher, wait_for
 from ..access import GET_ORDER, pool_directory
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
-from ..output import SCHEMA_VERSION, Output, emit_value, escape, text
+from ..output import Output, emit_value, escape, lookup_json, text
 from ..validate import check_key, seconds
 
 log = logging.getLogger("kvp")
+
+
+FORMATS = ("json", "null", "raw")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,20 +32,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
     with watcher:
         hit = wait_for(watcher, key, args.value, args.timeout)
     if hit is None:
-        if not args.quiet:
+        if args.json:
+            out.json(lookup_json(None, key, None))
+        elif not args.quiet:
             log.error("timed out after %g s waiting for %s", args.timeout, escape(key.encode()))
         return EXIT_NOT_FOUND
     number, value = hit
     if args.json:
-        out.json(
-            {
-                "version": SCHEMA_VERSION,
-                "pool": number,
-                "pool_name": POOL_LABELS[number],
-                "key": key,
-                "value": value,
-            }
-        )
+        out.json(lookup_json(number, key, value))
     elif not args.quiet:
         emit_value(args, out, value.encode("utf-8"))
     return EXIT_OK

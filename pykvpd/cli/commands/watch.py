@@ -21,6 +21,9 @@ log = logging.getLogger("kvp")
 EXIT_HOOK_FAILED = 4  # --exit-on-failure: a run of the --exec command failed
 
 
+FORMATS = ("json", "null", "raw")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("keys", nargs="*", metavar="KEY", help="keys or glob patterns (default: all)")
     p.add_argument("--op", metavar="OPS", help="only these ops: initial,add,modify,delete")
