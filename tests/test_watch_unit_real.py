@@ -17,10 +17,6 @@ import pytest
 from systemd_guest import Guest, wait_for
 from test_watch_unit import doc_block
 
-pytestmark = pytest.mark.main_run_only(
-    reason="runs in the main (bookworm) run; boots its own container"
-)
-
 
 @pytest.fixture(scope="module")
 def deb() -> str:
