@@ -14,8 +14,7 @@ import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from ..protocol import ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, IpInfo
 from . import netlink
@@ -41,8 +40,7 @@ class AdapterNotFound(LookupError):
     """No interface carries the MAC address the host asked about."""
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
     """The interface chosen for a MAC, with what netlink reported about it."""
 
     name: str
