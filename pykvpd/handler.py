@@ -14,7 +14,6 @@ Status mapping (spec §1.3, §9 row 28):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional, Protocol, Union
 
 from . import protocol as p
@@ -90,14 +89,20 @@ class Outcome:
         return f"Outcome({shown})"
 
 
-@dataclass(eq=False)
 class Handler:
     """Turns request bytes into reply bytes; never raises for anything the host can send."""
 
-    pools: PoolDir
-    intrinsic: IntrinsicSource
-    netconfig: Optional[NetConfigSource] = None
-    host_writes: Optional[WriteRecorder] = None  # told of SETs that left a value as it was
+    def __init__(
+        self,
+        pools: PoolDir,
+        intrinsic: IntrinsicSource,
+        netconfig: Optional[NetConfigSource] = None,
+        host_writes: Optional[WriteRecorder] = None,
+    ) -> None:
+        self.pools = pools
+        self.intrinsic = intrinsic
+        self.netconfig = netconfig
+        self.host_writes = host_writes  # told of SETs that left a value as it was (watchers)
 
     def handle(self, msg: bytes) -> Outcome:
         try:
