@@ -286,3 +286,16 @@ def test_device_busy_says_who_holds_it_and_exits_69(tmp_path, monkeypatch, caplo
     assert "is busy: another KVP daemon" in errors[0] and "stop it first" in errors[0]
     with open(os.path.join(ROOT, "systemd", "pykvpd.service")) as f:
         assert "RestartPreventExitStatus=69" in f.read().splitlines()
+
+
+def test_daemon_import_path_stays_lean():
+    """The daemon's start-up imports no dataclasses/inspect (~10 ms and ~1 MB of RSS on every
+    guest; benchmarks/ measures both): a refactor that brings them back fails here."""
+    probe = (
+        "import sys; import pykvpd.startup, pykvpd.daemon, pykvpd.handler, pykvpd.transport; "
+        "print(sorted(m for m in ('dataclasses', 'inspect') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
