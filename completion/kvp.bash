@@ -23,7 +23,7 @@ _kvp() {
 
     local commands="list get set delete dump watch wait is-stale clear fsck"
     local common="--dir --root -p --pool --json --null --raw --unsafe --lock-timeout
-        -v --verbose -q --quiet -h --help"
+        -v --verbose -q --quiet -h --help --version"
     local pools="external guest auto auto-external auto-internal 0 1 2 3 4"
 
     # Find the command, the first positional after it, the options that choose the pools
@@ -127,7 +127,7 @@ _kvp() {
         fsck)
             _filedir
             ;;
-        watch)
+        watch | list)
             local IFS=$'\n'
             COMPREPLY=($(compgen -W "$(_kvp_keys "${where[@]}")" -- "$cur"))
             ;;

@@ -45,7 +45,7 @@ CACHE_DIR = os.environ.get("PYKVPD_ROOTFS_CACHE", "/var/tmp/pykvpd-rootfs")
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT = 90.0
-_ROOTFS_FORMAT = "1"  # bump when the way a rootfs is built changes: old caches are not reused
+_ROOTFS_FORMAT = "2"  # bump when the way a rootfs is built changes: old caches are not reused
 _counter = itertools.count()
 
 
@@ -136,6 +136,32 @@ def runtime_depends() -> List[str]:
     raise ValueError("debian/control has no Depends for package pykvpd")
 
 
+def host_sources(suite: str) -> List[str]:
+    """The host's apt source files when it runs SUITE itself: the rootfs then comes from the
+    same mirrors as the host's packages (a CI machine may reach only its own mirror). Empty
+    otherwise, and mmdebstrap uses deb.debian.org with the suite's updates and security."""
+    try:
+        with open("/etc/os-release", encoding="utf-8") as f:
+            release = dict(
+                line.rstrip("\n").split("=", 1) for line in f if "=" in line
+            )
+    except OSError:
+        return []
+    if release.get("VERSION_CODENAME", "").strip('"') != suite:
+        return []
+    files = []
+    if os.path.isfile("/etc/apt/sources.list"):
+        with open("/etc/apt/sources.list", encoding="utf-8") as f:
+            if any(line.strip() and not line.lstrip().startswith("#") for line in f):
+                files.append("/etc/apt/sources.list")
+    parts = "/etc/apt/sources.list.d"
+    if os.path.isdir(parts):
+        files += sorted(
+            os.path.join(parts, n) for n in os.listdir(parts) if n.endswith((".list", ".sources"))
+        )
+    return files
+
+
 def rootfs(suite: str = "bookworm", include: Iterable[str] = ()) -> str:
     """A minbase SUITE rootfs with systemd, dbus, procps, pykvpd's runtime dependencies and
     INCLUDE; built once with mmdebstrap (about 25 s) and cached on disk under CACHE_DIR, keyed
@@ -158,7 +184,7 @@ def rootfs(suite: str = "bookworm", include: Iterable[str] = ()) -> str:
         shutil.rmtree(path, ignore_errors=True)  # an interrupted build of an older run
         result = subprocess.run(
             ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
-             "--include=" + ",".join(packages), suite, partial],
+             "--include=" + ",".join(packages), suite, partial, *host_sources(suite)],
             capture_output=True,
             text=True,
             timeout=900,

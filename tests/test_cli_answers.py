@@ -233,3 +233,23 @@ def test_a_full_disk_names_the_file(tmp_path):
     for line in lines:
         assert line.startswith(f"kvp: {directory}/.kvp_pool_1: "), line
         assert line.endswith("No space left on device"), line
+
+
+def test_bash_completion_knows_every_option_of_every_command():
+    import re
+
+    from pykvpd.cli import commands
+    from pykvpd.cli.parser import _common, command_parser
+
+    with open(os.path.join(ROOT, "completion", "kvp.bash"), encoding="utf-8") as f:
+        script = f.read()
+    (common,) = re.findall(r'local common="([^"]*)"', script, re.S)
+    offered = set(common.split())
+    assert {s for a in _common()._actions for s in a.option_strings} | {"-h", "--help"} <= offered
+    assert "--version" in offered
+    for name in commands.COMMANDS:
+        parser = command_parser(name, commands.load(name))
+        options = {s for a in parser._actions for s in a.option_strings}
+        lines = re.findall(rf'^\s*{re.escape(name)}\) opts\+=" ([^"]*)" ;;$', script, re.M)
+        own = set(lines[0].split()) if lines else set()
+        assert options - offered - own == set(), name

@@ -98,3 +98,11 @@ def test_get_refuses_bad_keys_like_delete_and_wait(pools, command, key, message)
     code, out, err = kvp("--dir", pools, command, key)
     assert (code, out) == (2, b""), err
     assert message in err
+
+
+@pytest.mark.parametrize("argv", [["set", "--", "--", "--"], ["set", "K", "--", "--"]])
+def test_a_lone_double_dash_value_is_a_usage_error_not_a_traceback(pools, argv):
+    code, out, err = kvp("--dir", pools, *argv)
+    assert (code, out) == (2, b""), err
+    assert "'--' cannot be a value" in err and "Traceback" not in err
+    assert read_pool(pools, 1) == rec(b"A", b"1")

@@ -136,7 +136,7 @@ HOST_SET_WORKER = r"""
 import os, random, signal, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 from pykvpd import protocol as p
-from pykvpd.simulator.kernel import HostRequest
+from pykvpd.simulator.messages import HostRequest
 from pykvpd.simulator.runner import SimulatedGuest
 pool_dir, pool, seconds, ack = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 rng = random.Random("host")

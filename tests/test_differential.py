@@ -27,7 +27,9 @@ import pytest
 from cdaemon import HarnessUnavailable, KvpPeer, c_daemon_missing
 
 from pykvpd import protocol as p
-from pykvpd.simulator.kernel import HOST_VALUE_UNITS, DaemonGone, HostRequest, to_host
+from pykvpd.simulator.conversion import HOST_VALUE_UNITS
+from pykvpd.simulator.kernel import DaemonGone
+from pykvpd.simulator.messages import HostRequest, to_host
 from pykvpd.store import KEY_SIZE, RECORD_SIZE, encode_record
 
 REASON = c_daemon_missing()

@@ -10,7 +10,7 @@ from pykvpd import protocol as p
 from pykvpd.handler import Handler
 from pykvpd.hostwrites import LOG_NAME, SLOT_SIZE, SLOTS, HostWrite, HostWriteLog, read_log
 from pykvpd.simulator.host import HostRequest
-from pykvpd.simulator.kernel import to_daemon
+from pykvpd.simulator.messages import to_daemon
 from pykvpd.store import PoolDir
 
 

@@ -17,14 +17,8 @@ from typing import Callable, List, Optional
 import pytest
 
 from pykvpd.ifaddrs import IFF_LOOPBACK, IFF_UP, IfAddr
-from pykvpd.intrinsic import (
-    AUTO_KEYS,
-    MAX_HOST_VALUE_CHARS,
-    Intrinsic,
-    fgets_lines,
-    join_addresses,
-    parse_os_release,
-)
+from pykvpd.intrinsic import AUTO_KEYS, MAX_HOST_VALUE_CHARS, Intrinsic, join_addresses
+from pykvpd.osinfo import fgets_lines, parse_os_release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V4, V6 = socket.AF_INET, socket.AF_INET6

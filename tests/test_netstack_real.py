@@ -339,16 +339,24 @@ def assert_dry_run_and_off_touch_nothing(guest: Guest, stack: str, dry_run_statu
     set_injection(guest, "dry-run")
     assert guest.set(**STATIC) == dry_run_status, guest.ct.journal("pykvpd", "-n", "20")
     if dry_run_status == p.HV_S_OK:
-        logged = guest.ct.journal("pykvpd", "-n", "10")
         backend = {"networkd": "systemd-networkd"}.get(stack, stack.split("-")[0])
-        assert f"via {backend}\n" in logged and "SET_IP_INFO dry-run, would" in logged
+
+        def dry_run_logged() -> bool:
+            # journald may store the daemon's line a moment after the reply reached the host
+            logged = guest.ct.journal("pykvpd", "-n", "10")
+            return f"via {backend}\n" in logged and "SET_IP_INFO dry-run, would" in logged
+
+        guest.wait(dry_run_logged, f"the dry-run line naming {backend} in the journal")
         assert "IPADDR0=192.0.2.10\n" in guest.sh("cat", HYPERV_STATE[0])
     assert stack_state(guest, stack) == before
 
     set_injection(guest, "off")
     written = [guest.sh("cat", path) for path in HYPERV_STATE]
     assert guest.set(**SECOND) == p.HV_E_FAIL
-    assert "refused: IP injection is off" in guest.ct.journal("pykvpd", "-n", "5")
+    guest.wait(
+        lambda: "refused: IP injection is off" in guest.ct.journal("pykvpd", "-n", "5"),
+        "the refusal in the journal",
+    )
     assert stack_state(guest, stack) == before
     assert [guest.sh("cat", path) for path in HYPERV_STATE] == written
     set_injection(guest, "on")
@@ -377,7 +385,10 @@ def assert_killed_networkd_has_no_say(guest: Guest) -> None:
     assert "192.0.2.30/24" in got["addresses"] and got["dhcp"] == 0
     before = guest.addresses()
     assert guest.set(**STATIC) == p.HV_E_FAIL
-    assert "nothing was changed" in guest.ct.journal("pykvpd", "-n", "3")
+    guest.wait(
+        lambda: "nothing was changed" in guest.ct.journal("pykvpd", "-n", "3"),
+        "the refusal in the journal",
+    )
     assert guest.addresses() == before
     assert guest.sh("systemctl", "is-active", "systemd-networkd", check=False).strip() != "active"
 

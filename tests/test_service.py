@@ -20,7 +20,8 @@ import pytest
 from pykvpd import protocol as p
 from pykvpd import service
 from pykvpd.protocol import HV_S_CONT, HV_S_OK
-from pykvpd.simulator.kernel import FakeKernel, HostRequest
+from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.simulator.messages import HostRequest
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -20,7 +20,9 @@ from typing import Callable, Dict, List, Optional
 import pytest
 
 from pykvpd import protocol as p
+from pykvpd.simulator import conversion as conv
 from pykvpd.simulator import kernel as k
+from pykvpd.simulator import messages as hm
 from pykvpd.simulator.host import (
     DEFAULT_GUEST_PARAMETERS,
     E_NOT_FOUND,
@@ -30,7 +32,8 @@ from pykvpd.simulator.host import (
     Item,
     RegValue,
 )
-from pykvpd.simulator.kernel import FakeKernel, HostRequest
+from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.simulator.messages import HostRequest
 
 Handler = Callable[[bytes], Optional[bytes]]
 
@@ -161,47 +164,47 @@ def ok_reply(msg: bytes) -> bytes:
 
 
 def test_host_to_utf8_plain_and_multibyte():
-    assert k.host_to_utf8(k.utf16_units("Key-é€"), 511) == b"Key-\xc3\xa9\xe2\x82\xac"
+    assert conv.host_to_utf8(conv.utf16_units("Key-é€"), 511) == b"Key-\xc3\xa9\xe2\x82\xac"
 
 
 def test_host_to_utf8_stops_at_nul_unit():
-    assert k.host_to_utf8(k.utf16_units("ab\0cd"), 511) == b"ab"
+    assert conv.host_to_utf8(conv.utf16_units("ab\0cd"), 511) == b"ab"
 
 
 def test_host_to_utf8_drops_unpaired_surrogates():
-    assert k.host_to_utf8(k.utf16_units("a\ud800b"), 511) == b"ab"  # lone high
-    assert k.host_to_utf8(k.utf16_units("\udc00x"), 511) == b"x"  # lone low
-    assert k.host_to_utf8(k.utf16_units("\ud800"), 511) == b""  # high at the very end
+    assert conv.host_to_utf8(conv.utf16_units("a\ud800b"), 511) == b"ab"  # lone high
+    assert conv.host_to_utf8(conv.utf16_units("\udc00x"), 511) == b"x"  # lone low
+    assert conv.host_to_utf8(conv.utf16_units("\ud800"), 511) == b""  # high at the very end
 
 
 def test_host_to_utf8_joins_surrogate_pairs():
     expected = b"\xf0\x9f\x98\x80"
-    assert k.host_to_utf8(k.utf16_units("\U0001f600"), 511) == expected
-    assert k.utf16_units("\U0001f600") == [0xD83D, 0xDE00]
-    assert k.host_to_utf8([0xD83D, 0xDE00], 511) == expected
+    assert conv.host_to_utf8(conv.utf16_units("\U0001f600"), 511) == expected
+    assert conv.utf16_units("\U0001f600") == [0xD83D, 0xDE00]
+    assert conv.host_to_utf8([0xD83D, 0xDE00], 511) == expected
 
 
 def test_host_to_utf8_skips_what_does_not_fit_but_emits_later_shorter_chars():
     # 170 euro signs = 510 bytes; the 171st needs 3 bytes with 1 left: skipped, "a" still fits.
-    units = k.utf16_units("€" * 171 + "a")
-    out = k.host_to_utf8(units, k.KEY_BYTES)
+    units = conv.utf16_units("€" * 171 + "a")
+    out = conv.host_to_utf8(units, conv.KEY_BYTES)
     assert out == "€".encode() * 170 + b"a"
     assert len(out) == 511
 
 
 def test_key_cap_is_511_bytes_and_value_cap_2047():
-    key = k.host_to_utf8(k.utf16_units("K" * 600), k.KEY_BYTES)
-    value = k.host_to_utf8(k.utf16_units("é" * 1023), k.VALUE_BYTES)
+    key = conv.host_to_utf8(conv.utf16_units("K" * 600), conv.KEY_BYTES)
+    value = conv.host_to_utf8(conv.utf16_units("é" * 1023), conv.VALUE_BYTES)
     assert len(key) == 511
     assert value == "é".encode() * 1023  # 2046 bytes: the 1024th would not fit
-    assert len(k.host_to_utf8(k.utf16_units("v" * 3000), k.VALUE_BYTES)) == 2047
+    assert len(conv.host_to_utf8(conv.utf16_units("v" * 3000), conv.VALUE_BYTES)) == 2047
 
 
 # --------------------------------------------------------------------------- request messages
 
 
 def test_set_message_fields_and_offsets():
-    msg = k.to_daemon(HostRequest(p.OP_SET, 0, "Name", "valé"))
+    msg = hm.to_daemon(HostRequest(p.OP_SET, 0, "Name", "valé"))
     assert len(msg) == p.MSG_SIZE
     assert msg[0:2] == bytes([p.OP_SET, 0])
     assert msg[4:8] == bytes(4)  # value_type is consumed by the kernel, never forwarded
@@ -213,7 +216,7 @@ def test_set_message_fields_and_offsets():
 
 
 def test_oversized_key_and_value_arrive_capped():
-    msg = k.to_daemon(HostRequest(p.OP_SET, 0, "€" * 255, "v" * 1023))
+    msg = hm.to_daemon(HostRequest(p.OP_SET, 0, "€" * 255, "v" * 1023))
     req = p.decode_request(msg)
     assert msg[8:12] == (510 + 1).to_bytes(4, "little")  # 170 euros = 510; the 171st: no room
     assert req.key == "€".encode() * 170
@@ -231,21 +234,21 @@ def test_oversized_key_and_value_arrive_capped():
     ],
 )
 def test_integer_values_rendered_unsigned_decimal(value, value_type, text):
-    msg = k.to_daemon(HostRequest(p.OP_SET, 0, "N", value, value_type))
+    msg = hm.to_daemon(HostRequest(p.OP_SET, 0, "N", value, value_type))
     assert msg[12:16] == (len(text) + 1).to_bytes(4, "little")
     assert msg[528 : 528 + len(text) + 1] == text + b"\0"
 
 
 @pytest.mark.parametrize("value_type", [0, 2, 3, 11])
 def test_other_value_types_arrive_with_value_size_zero(value_type):
-    msg = k.to_daemon(HostRequest(p.OP_SET, 0, "N", 5, value_type))
+    msg = hm.to_daemon(HostRequest(p.OP_SET, 0, "N", 5, value_type))
     assert msg[12:16] == bytes(4)
     assert msg[528 : 528 + 2048] == bytes(2048)
     assert p.decode_request(msg) == p.KeyRequest(p.OP_SET, 0, b"N", None)
 
 
 def test_get_carries_value_size_zero():
-    msg = k.to_daemon(HostRequest(p.OP_GET, 3, "HostName", "ignored"))
+    msg = hm.to_daemon(HostRequest(p.OP_GET, 3, "HostName", "ignored"))
     assert msg[0:2] == bytes([p.OP_GET, 3])
     assert msg[8:12] == (9).to_bytes(4, "little")
     assert msg[12:16] == bytes(4)
@@ -253,13 +256,13 @@ def test_get_carries_value_size_zero():
 
 
 def test_delete_uses_the_delete_view():
-    msg = k.to_daemon(HostRequest(p.OP_DELETE, 0, "Gone"))
+    msg = hm.to_daemon(HostRequest(p.OP_DELETE, 0, "Gone"))
     assert msg[4:8] == (5).to_bytes(4, "little")
     assert msg[8:13] == b"Gone\0"
 
 
 def test_enumerate_fills_only_the_index_and_pool_is_not_validated():
-    msg = k.to_daemon(HostRequest(p.OP_ENUMERATE, 200, index=7))
+    msg = hm.to_daemon(HostRequest(p.OP_ENUMERATE, 200, index=7))
     assert msg[0:2] == bytes([p.OP_ENUMERATE, 200])
     assert msg[4:8] == (7).to_bytes(4, "little")
     assert msg[8:] == bytes(p.MSG_SIZE - 8)
@@ -267,7 +270,7 @@ def test_enumerate_fills_only_the_index_and_pool_is_not_validated():
 
 def test_get_ip_info_carries_only_adapter_id_and_family():
     info = p.IpInfo("00:15:5D:01:02:03", 3, 1, "10.0.0.1", "255.0.0.0", "10.0.0.254", "1.1.1.1")
-    msg = k.to_daemon(HostRequest(p.OP_GET_IP_INFO, 1, ip=info))
+    msg = hm.to_daemon(HostRequest(p.OP_GET_IP_INFO, 1, ip=info))
     assert msg[4:22] == b"00:15:5D:01:02:03\0"
     assert msg[260] == 3 and msg[261] == 0
     assert msg[262:] == bytes(p.MSG_SIZE - 262)
@@ -275,7 +278,7 @@ def test_get_ip_info_carries_only_adapter_id_and_family():
 
 def test_set_ip_info_caps_each_field_in_bytes():
     info = p.IpInfo("{" + "a" * 200 + "}", 1, 1, "1" * 1500, "2" * 1500, "3" * 900, "4" * 1500)
-    req = p.decode_request(k.to_daemon(HostRequest(p.OP_SET_IP_INFO, 1, ip=info)))
+    req = p.decode_request(hm.to_daemon(HostRequest(p.OP_SET_IP_INFO, 1, ip=info)))
     assert len(req.info.adapter_id) == 128
     assert req.info.ip_addr == "1" * 1024
     assert req.info.sub_net == "2" * 1024
@@ -299,23 +302,23 @@ ENUM = HostRequest(p.OP_ENUMERATE, 1, index=0)
 
 
 def test_enumerate_reply_read_from_20_and_532():
-    reply = k.to_host(ENUM, enum_reply(b"Key\xc3\xa9", b"Value"))
+    reply = hm.to_host(ENUM, enum_reply(b"Key\xc3\xa9", b"Value"))
     assert (reply.status, reply.key, reply.value) == (p.HV_S_OK, "Keyé", "Value")
 
 
 def test_reply_truncated_to_254_and_1022_units():
-    reply = k.to_host(ENUM, enum_reply(b"k" * 511, b"v" * 2047))
+    reply = hm.to_host(ENUM, enum_reply(b"k" * 511, b"v" * 2047))
     assert reply.key == "k" * 254
     assert reply.value == "v" * 1022
 
 
 def test_reply_truncation_counts_units_and_never_splits_a_pair():
     value = b"v" * 1021 + "\U0001f600".encode()  # needs 2 units with 1 left: stops
-    assert k.to_host(ENUM, enum_reply(b"k", value)).value == "v" * 1021
+    assert hm.to_host(ENUM, enum_reply(b"k", value)).value == "v" * 1021
     value = b"v" * 1020 + "\U0001f600".encode()
-    assert k.to_host(ENUM, enum_reply(b"k", value)).value == "v" * 1020 + "\U0001f600"
+    assert hm.to_host(ENUM, enum_reply(b"k", value)).value == "v" * 1020 + "\U0001f600"
     value = "é".encode() * 1100  # two bytes, one unit each
-    assert k.to_host(ENUM, enum_reply(b"k", value)).value == "é" * 1022
+    assert hm.to_host(ENUM, enum_reply(b"k", value)).value == "é" * 1022
 
 
 @pytest.mark.parametrize(
@@ -323,43 +326,43 @@ def test_reply_truncation_counts_units_and_never_splits_a_pair():
     [b"\xff", b"\xc3", b"\xc0\x80", b"\xed\xa0\x80", b"ok\x80", b"\xf4\x90\x80\x80"],
 )
 def test_invalid_utf8_in_reply_becomes_hv_e_fail(bad):
-    reply = k.to_host(ENUM, enum_reply(b"key", bad))
+    reply = hm.to_host(ENUM, enum_reply(b"key", bad))
     assert reply.status == p.HV_E_FAIL
     assert reply.value == "" and reply.key == ""
-    assert k.to_host(ENUM, enum_reply(bad, b"value")).status == p.HV_E_FAIL
+    assert hm.to_host(ENUM, enum_reply(bad, b"value")).status == p.HV_E_FAIL
 
 
 def test_invalid_utf8_past_the_unit_budget_is_never_seen():
-    reply = k.to_host(ENUM, enum_reply(b"k", b"v" * 1022 + b"\xff"))
+    reply = hm.to_host(ENUM, enum_reply(b"k", b"v" * 1022 + b"\xff"))
     assert (reply.status, reply.value) == (p.HV_S_OK, "v" * 1022)
 
 
 def test_non_zero_status_forwarded_verbatim_without_payload():
-    reply = k.to_host(ENUM, enum_reply(b"key", b"value", status=0x12345678))
+    reply = hm.to_host(ENUM, enum_reply(b"key", b"value", status=0x12345678))
     assert (reply.status, reply.key, reply.value) == (0x12345678, "", "")
-    assert k.to_host(ENUM, enum_reply(b"", b"", p.HV_S_CONT)).status_name == "HV_S_CONT"
+    assert hm.to_host(ENUM, enum_reply(b"", b"", p.HV_S_CONT)).status_name == "HV_S_CONT"
 
 
 def test_get_reads_the_value_at_532_not_528():
     request = HostRequest(p.OP_GET, 0, "Name")
     buf = bytearray(p.MSG_SIZE)
     buf[528:532] = b"NOPE"  # a value written at the SET/GET offset is not what the host gets
-    assert k.to_host(request, bytes(buf)).value == ""
+    assert hm.to_host(request, bytes(buf)).value == ""
     buf[528:534] = b"seen!\0"  # ...except for what overlaps 532
-    assert k.to_host(request, bytes(buf)).value == "!"
+    assert hm.to_host(request, bytes(buf)).value == "!"
     buf[532:537] = b"right"
-    reply = k.to_host(request, bytes(buf))
+    reply = hm.to_host(request, bytes(buf))
     assert (reply.key, reply.value) == ("Name", "right")  # key not re-sent: the host's own
 
 
 def test_set_reply_payload_is_ignored():
-    reply = k.to_host(HostRequest(p.OP_SET, 0, "k", "v"), enum_reply(b"\xff", b"\xff"))
+    reply = hm.to_host(HostRequest(p.OP_SET, 0, "k", "v"), enum_reply(b"\xff", b"\xff"))
     assert (reply.status, reply.key, reply.value) == (p.HV_S_OK, "", "")
 
 
 def test_legacy_daemon_status_comes_from_byte_20():
-    assert k.to_host(ENUM, enum_reply(b"", b"x", p.HV_E_FAIL), legacy=True).status == p.HV_S_CONT
-    reply = k.to_host(ENUM, enum_reply(b"key", b"val", p.HV_E_FAIL), legacy=True)
+    assert hm.to_host(ENUM, enum_reply(b"", b"x", p.HV_E_FAIL), legacy=True).status == p.HV_S_CONT
+    reply = hm.to_host(ENUM, enum_reply(b"key", b"val", p.HV_E_FAIL), legacy=True)
     assert (reply.status, reply.key, reply.value) == (p.HV_S_OK, "key", "val")
 
 
@@ -368,11 +371,11 @@ def test_get_ip_info_reply_fields():
         "00:15:5D:01:02:03", 3, 1, "10.0.0.5;fe80::1", "255.255.255.0;/64", "10.0.0.1;", "10.0.0.2;"
     )
     request = HostRequest(p.OP_GET_IP_INFO, 1, ip=p.IpInfo("00:15:5D:01:02:03"))
-    reply = k.to_host(request, p.encode_ip_info(bytes(p.MSG_SIZE), info))
+    reply = hm.to_host(request, p.encode_ip_info(bytes(p.MSG_SIZE), info))
     assert reply.ip == info
     buf = bytearray(p.encode_ip_info(bytes(p.MSG_SIZE), info))
     buf[p.OFF_IP_DNS] = 0xFF
-    assert k.to_host(request, bytes(buf)).status == p.HV_E_FAIL
+    assert hm.to_host(request, bytes(buf)).status == p.HV_E_FAIL
 
 
 # --------------------------------------------------------------------------- the device
@@ -541,7 +544,7 @@ def test_short_reply_fails_the_request(kernel, sockpath):
 def test_close_during_request_fails_it(kernel, sockpath):
     daemon = FakeDaemon(sockpath, lambda m: None).start()
     assert kernel.wait_registered(5)
-    result: queue.Queue[k.HostReply] = queue.Queue()
+    result: queue.Queue[hm.HostReply] = queue.Queue()
     thread = threading.Thread(
         target=lambda: result.put(kernel.submit(HostRequest(p.OP_SET, 0, "k", "v")))
     )
@@ -728,7 +731,7 @@ def test_drop_connection_fails_the_request_and_the_daemon_may_come_back(kernel, 
     first = FakeDaemon(sockpath, lambda m: None).start()
     assert kernel.wait_registered(5)
     assert not FakeKernel(sockpath + ".other").drop_connection()  # nobody connected there
-    result: queue.Queue[k.HostReply] = queue.Queue()
+    result: queue.Queue[hm.HostReply] = queue.Queue()
     thread = threading.Thread(
         target=lambda: result.put(kernel.submit(HostRequest(p.OP_ENUMERATE, 0)))
     )
@@ -862,7 +865,7 @@ def test_session_against_the_fake_daemon(kernel, guest, tmp_path):
 
 def test_closing_the_simulator_fails_a_request_waiting_for_a_daemon(sockpath):
     kern = FakeKernel(sockpath, timeout=60.0).start()
-    result: queue.Queue[k.HostReply] = queue.Queue()
+    result: queue.Queue[hm.HostReply] = queue.Queue()
     thread = threading.Thread(target=lambda: result.put(kern.submit(HostRequest(p.OP_GET, 0))))
     thread.start()
     assert wait_for(lambda: kern._channel.locked())

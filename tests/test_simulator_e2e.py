@@ -14,7 +14,7 @@ import pytest
 from pykvpd import protocol as p
 from pykvpd.simulator.guestview import RECORD_SIZE, pool_path, read_pool
 from pykvpd.simulator.host import HV_ERROR_ALREADY_EXISTS, HostError, Item, RegValue
-from pykvpd.simulator.kernel import HostRequest
+from pykvpd.simulator.messages import HostRequest
 from pykvpd.simulator.runner import SimulatedGuest, run_guest_tool
 
 pytestmark = pytest.mark.skipif(

@@ -87,6 +87,27 @@ def test_stopping_kvp_watch_stops_the_hook_and_its_children(pooldir, tmp_path, s
     assert wait_group_gone(pid) == []
 
 
+def test_sigint_stops_a_watch_started_in_the_background_by_a_script(pooldir, tmp_path):
+    """``kvp watch ... &`` in a shell script starts with SIGINT ignored; ``kill -INT $!`` must
+    still stop it and its hook (it used to be ignored: kvp and the hook ran on)."""
+    write_pool(pooldir, 1, rec(b"X", b"v"))
+    proc = start(
+        ["--dir", pooldir, "watch", "X", "--exec", str(child_sh(tmp_path))],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # what sh does for &
+    )
+    try:
+        (pid,) = map(int, wait_file(tmp_path / "hook.pid", 1))
+        deadline = time.monotonic() + WAIT
+        while len(group_members(pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert wait_group_gone(pid) == []
+
+
 FORGED = "Fake\tvalue\ndelete\texternal\tPatchNow"
 
 

@@ -89,4 +89,8 @@ def test_template_unit_runs_the_hook_per_host_write_and_stops_it(deb):
         # "failed", not "activating (auto-restart)": no restart is scheduled, none happened.
         state = show("kvp-watch@Missing.service", "NRestarts", "ExecMainStatus")
         assert state == {"NRestarts": "0", "ExecMainStatus": "2"}
-        assert "/etc/kvp/hooks/Missing: no such file" in ct.journal("kvp-watch@Missing.service")
+        wait_for(  # journald may store the line a moment after the unit failed
+            lambda: "/etc/kvp/hooks/Missing: no such file"
+            in ct.journal("kvp-watch@Missing.service"),
+            what="the missing hook named in the journal",
+        )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from typing import Iterator, List, Optional, Sequence
 from ..store import LockTimeout, PoolError, RecordTooLarge
 from .commands import COMMANDS
 from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CliError
-from .output import SCHEMA_VERSION, Output
+from .output import SCHEMA_VERSION, Output, json_line
 from .parser import parse_args
 
 __all__ = ["COMMANDS", "main"]
@@ -102,7 +101,7 @@ def _fail(message: str, code: int, as_json: bool) -> int:
     """Report an error once: ``kvp: message`` on stderr, or with --json a JSON line there."""
     if as_json:
         error = {"version": SCHEMA_VERSION, "error": {"code": code, "message": message}}
-        sys.stderr.write(json.dumps(error, ensure_ascii=False) + "\n")
+        sys.stderr.write(json_line(error) + "\n")
         sys.stderr.flush()
     else:
         log.error("%s", message)

@@ -9,6 +9,7 @@ after the command (``kvp --pool 0 get K`` or ``kvp get K -p 0``); those after it
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +37,27 @@ DESCRIPTION = "Read, write, watch and check Hyper-V KVP pools (/var/lib/hyperv).
 EPILOG = "Exit status: 0 ok, 1 not found/timeout, 2 usage or validation, 3 I/O or lock."
 
 
+def _columns() -> int:
+    """The terminal's width for --help (what argparse would ask shutil, without importing it)."""
+    try:
+        return int(os.environ.get("COLUMNS", "")) - 2
+    except ValueError:
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns - 2
+    except (OSError, ValueError, AttributeError):
+        return 78
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter without its ``import shutil`` (a few ms of every kvp run, since
+    argparse builds a formatter for each option it adds)."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        kwargs.setdefault("width", _columns())
+        super().__init__(prog, **kwargs)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors become ``CliError`` (exit 2) instead of argparse's own exit."""
 
@@ -45,7 +67,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _common() -> argparse.ArgumentParser:
     """Options accepted before and after the command; absent ones stay unset (SUPPRESS)."""
-    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        add_help=False, argument_default=argparse.SUPPRESS, formatter_class=_Formatter
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--dir", metavar="DIR", help=f"pool directory (default {DEFAULT_POOL_DIR})")
     where.add_argument("--root", metavar="ROOT", help="offline image: use ROOT/var/lib/hyperv")
@@ -77,7 +101,7 @@ def _top_parser(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parents=[common],
         description=DESCRIPTION,
         epilog=f"commands:\n{listing}\n\n{EPILOG}\n'kvp COMMAND --help' shows a command's options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"kvp {__version__}")
     parser.add_argument("command", metavar="COMMAND", choices=list(commands.COMMANDS))
@@ -99,7 +123,12 @@ def command_parser(
 ) -> argparse.ArgumentParser:
     """Stage two: the parser of one command, its own options added by its module."""
     summary = commands.COMMANDS[name][1]
-    parser = _Parser(prog=f"kvp {name}", parents=[common or _common()], description=summary)
+    parser = _Parser(
+        prog=f"kvp {name}",
+        parents=[common or _common()],
+        description=summary,
+        formatter_class=_Formatter,
+    )
     module.add_arguments(parser)
     return parser
 
@@ -110,7 +139,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Modul
     common = _common()
     top = _top_parser(common).parse_args(argv)
     module = commands.load(top.command)
-    own = command_parser(top.command, module, common).parse_args(_after_command(argv, top.rest))
+    parser = command_parser(top.command, module, common)
+    own = parser.parse_args(_after_command(argv, top.rest))
+    for action in parser._actions:  # argparse turns a lone "--" value into []
+        value = getattr(own, action.dest, None)
+        if not action.option_strings and action.nargs is None and isinstance(value, list):
+            raise usage(f"{action.dest}: '--' cannot be a {action.dest} (see 'kvp --help')")
     args = argparse.Namespace(**{k: v for k, v in vars(top).items() if k != "rest"})
     for name, value in vars(own).items():
         setattr(args, name, value)

@@ -14,16 +14,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from . import netlink
 from .nics import valid_ifname
+from .textfiles import read_text
 
 _NETWORKD_DHCP = ("yes", "true", "1", "on", "ipv4", "both")
-
-
-def _read(path: str, limit: int = 1 << 20) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(limit)
-    except OSError:
-        return None
 
 
 def ini(text: str) -> Dict[str, Dict[str, str]]:
@@ -56,7 +49,7 @@ def _nm_profiles(etc_dir: str, run_dir: str) -> List[Dict[str, Dict[str, str]]]:
     for root in (run_dir, etc_dir):
         for path in _files(os.path.join(root, "NetworkManager", "system-connections"),
                            ".nmconnection"):
-            profiles.append(ini(_read(path) or ""))
+            profiles.append(ini(read_text(path) or ""))
     return profiles
 
 
@@ -98,7 +91,7 @@ def _nm_dhcp(ifname: str, ifindex: Optional[int], mac: Optional[str], etc_dir: s
         return None
     profiles = _nm_profiles(etc_dir, run_dir)
     if ifindex is not None:
-        device = ini(_read(os.path.join(run_dir, "NetworkManager", "devices", str(ifindex)))
+        device = ini(read_text(os.path.join(run_dir, "NetworkManager", "devices", str(ifindex)))
                      or "").get("device", {})
         if device.get("managed") == "false":
             return None
@@ -136,20 +129,20 @@ def _networkd_dhcp(ifname: str, ifindex: Optional[int], etc_dir: str,
         return None
     path = None
     if ifindex is not None:
-        state = ini(_read(os.path.join(run_dir, "systemd", "netif", "links", str(ifindex)))
+        state = ini(read_text(os.path.join(run_dir, "systemd", "netif", "links", str(ifindex)))
                     or "").get("", {})
         if state.get("ADMIN_STATE") == "unmanaged":
             return None
         path = state.get("NETWORK_FILE") or None
     if path is None:
         for candidate in _files(os.path.join(etc_dir, "systemd", "network"), ".network"):
-            patterns = ini(_read(candidate) or "").get("Match", {}).get("Name", "").split()
+            patterns = ini(read_text(candidate) or "").get("Match", {}).get("Name", "").split()
             if any(fnmatch.fnmatchcase(ifname, p) for p in patterns):
                 path = candidate
                 break
     if path is None:
         return None
-    value = ini(_read(path) or "").get("Network", {}).get("DHCP", "no").lower()
+    value = ini(read_text(path) or "").get("Network", {}).get("DHCP", "no").lower()
     return value in _NETWORKD_DHCP
 
 
@@ -159,7 +152,7 @@ def _ifupdown_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
     paths += _files(os.path.join(etc_dir, "network", "interfaces.d"))
     verdict = None
     for path in paths:
-        for line in (_read(path) or "").splitlines():
+        for line in (read_text(path) or "").splitlines():
             fields = line.split()
             if len(fields) >= 4 and fields[0] == "iface" and fields[1] == ifname \
                     and fields[2] == "inet":
@@ -169,7 +162,7 @@ def _ifupdown_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
 
 def _ifcfg_dhcp(ifname: str, etc_dir: str) -> Optional[bool]:
     """Red Hat network-scripts: BOOTPROTO=dhcp in ifcfg-IF."""
-    text = _read(os.path.join(etc_dir, "sysconfig", "network-scripts", f"ifcfg-{ifname}"))
+    text = read_text(os.path.join(etc_dir, "sysconfig", "network-scripts", f"ifcfg-{ifname}"))
     if text is None:
         return None
     for line in text.splitlines():

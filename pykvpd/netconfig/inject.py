@@ -178,6 +178,17 @@ def _v6_key(base: str, index: int) -> str:
     return base if index == 0 else f"{base}_{index}"
 
 
+def _numbers_per_family(addresses: Sequence[IPAddress]) -> List[int]:
+    """Each address's position among those of its own IP version: ifcfg numbers its IPv4 keys
+    (IPADDR0, IPADDR1, ...) and its IPv6 keys (IPV6ADDR, IPV6ADDR_1, ...) independently."""
+    seen = {4: 0, 6: 0}
+    numbers = []
+    for address in addresses:
+        numbers.append(seen[address.version])
+        seen[address.version] += 1
+    return numbers
+
+
 def render_ifcfg(ifname: str, mac: str, config: IpConfig) -> str:
     """ifcfg-IF in the C daemon's layout (spec §6.3 item 4): keys, numbering, IPv6 expanded.
 
@@ -185,31 +196,23 @@ def render_ifcfg(ifname: str, mac: str, config: IpConfig) -> str:
     IPV6NETMASK as the bare prefix length for IPv6.
     """
     out = [f"HWADDR={mac}", f"DEVICE={ifname}", f"BOOTPROTO={'dhcp' if config.dhcp else 'none'}"]
-    v4 = v6 = 0
-    for entry in config.addresses:
+    hosts = [entry.address for entry in config.addresses]
+    for entry, n in zip(config.addresses, _numbers_per_family(hosts)):
         if entry.address.version == 4:
-            out.append(f"IPADDR{v4}={entry.address}")
-            v4 += 1
+            out.append(f"IPADDR{n}={entry.address}")
         else:
-            out.append(f"{_v6_key('IPV6ADDR', v6)}={_expanded(entry.address)}")
-            v6 += 1
-    v4 = v6 = 0
-    for entry in config.addresses:
+            out.append(f"{_v6_key('IPV6ADDR', n)}={_expanded(entry.address)}")
+    for entry, n in zip(config.addresses, _numbers_per_family(hosts)):
         if entry.address.version == 4:
             mask = ipaddress.IPv4Network(f"0.0.0.0/{entry.prefixlen}").netmask
-            out.append(f"NETMASK{v4}={mask}")
-            v4 += 1
+            out.append(f"NETMASK{n}={mask}")
         else:
-            out.append(f"{_v6_key('IPV6NETMASK', v6)}={entry.prefixlen}")
-            v6 += 1
-    v4 = v6 = 0
-    for gateway in config.gateways:
+            out.append(f"{_v6_key('IPV6NETMASK', n)}={entry.prefixlen}")
+    for gateway, n in zip(config.gateways, _numbers_per_family(config.gateways)):
         if gateway.version == 4:
-            out.append(f"GATEWAY{v4 or ''}={gateway}")
-            v4 += 1
+            out.append(f"GATEWAY{n or ''}={gateway}")
         else:
-            out.append(f"{_v6_key('IPV6_DEFAULTGW', v6)}={_expanded(gateway)}")
-            v6 += 1
+            out.append(f"{_v6_key('IPV6_DEFAULTGW', n)}={_expanded(gateway)}")
     for number, server in enumerate(config.dns, start=1):
         out.append(f"DNS{number}={_expanded(server)}")
     return "".join(line + "\n" for line in out)

@@ -14,14 +14,14 @@ import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from ..protocol import ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, IpInfo
 from . import netlink
 from .dhcpstate import builtin_dhcp, networkd_running
 from .nics import interface_mac, interfaces_by_mac, valid_ifname
 from .runner import CommandError, Deadline, Result, finish, lines, start
+from .textfiles import read_text
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class AdapterNotFound(LookupError):
     """No interface carries the MAC address the host asked about."""
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
     """The interface chosen for a MAC, with what netlink reported about it."""
 
     name: str
@@ -149,18 +148,10 @@ def server_address(token: str) -> Optional[str]:
         return None
 
 
-def _read(path: str, limit: int = 1 << 20) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(limit)
-    except OSError:
-        return None
-
-
 def resolv_conf_servers(path: str) -> List[str]:
     """The nameserver lines of a resolv.conf-format file, validated, in file order."""
     servers = []
-    for line in (_read(path) or "").splitlines():
+    for line in (read_text(path) or "").splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             server = server_address(fields[1])
@@ -172,7 +163,7 @@ def resolv_conf_servers(path: str) -> List[str]:
 def _state_servers(path: str) -> List[str]:
     """DNS servers of a systemd link state file (resolved: SERVERS=, networkd: DNS=)."""
     servers: List[str] = []
-    for line in (_read(path) or "").splitlines():
+    for line in (read_text(path) or "").splitlines():
         key, _, value = line.partition("=")
         if key in ("SERVERS", "DNS"):
             for token in value.split():

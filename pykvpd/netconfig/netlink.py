@@ -13,8 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -59,8 +58,7 @@ class NetlinkError(OSError):
     """The kernel refused a dump, or the answer could not be read in time."""
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     """One interface address as the kernel reports it."""
 
     address: IPAddress

@@ -13,8 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, NamedTuple, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +24,7 @@ class CommandError(RuntimeError):
     """An external program could not be started, timed out, or exited non-zero."""
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     returncode: int
     stdout: str
     stderr: str

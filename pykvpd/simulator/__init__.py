@@ -8,6 +8,7 @@ GuestParameters push, reading the guest's items); ``cli.main`` is ``pykvpd simul
 from __future__ import annotations
 
 from pykvpd.simulator.host import Host, HostError, Item, RegValue
-from pykvpd.simulator.kernel import FakeKernel, HostReply, HostRequest
+from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.simulator.messages import HostReply, HostRequest
 
 __all__ = ["FakeKernel", "Host", "HostError", "HostReply", "HostRequest", "Item", "RegValue"]

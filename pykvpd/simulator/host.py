@@ -16,15 +16,9 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from pykvpd import protocol as p
-from pykvpd.simulator.kernel import (
-    HOST_KEY_FIELD_UNITS,
-    HOST_VALUE_FIELD_UNITS,
-    FakeKernel,
-    HostReply,
-    HostRequest,
-    status_name,
-    utf16_units,
-)
+from pykvpd.simulator.conversion import HOST_KEY_FIELD_UNITS, HOST_VALUE_FIELD_UNITS, utf16_units
+from pykvpd.simulator.kernel import FakeKernel
+from pykvpd.simulator.messages import HostReply, HostRequest, status_name
 
 # Host-side failures that never reach the wire (HRESULTs as the host reports them).
 HV_ERROR_ALREADY_EXISTS = 0x80070050  # in the uapi header; AddKvpItems of an existing key

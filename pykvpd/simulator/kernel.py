@@ -16,7 +16,8 @@ What is modelled (spec §3, §4.1, §2.2, §6.1):
 * one host request outstanding at a time, a reply timeout (30 s by default) after which the host
   gets HV_E_FAIL, and closing the device with a request in flight fails that request;
 * the conversions of the host's UTF-16 strings and typed values into the daemon's UTF-8 message,
-  and of the daemon's reply back into what the host receives, with the kernel's caps and quirks.
+  and of the daemon's reply back into what the host receives, with the kernel's caps and quirks
+  (``submit`` applies them: they live in ``messages`` and ``conversion``, pure and testable).
 
 What a socket cannot model: the driver only becomes READY when the daemon *reads* the
 registration reply (here: as soon as it is sent), a read with a too-small buffer is EINVAL on the
@@ -30,40 +31,19 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional, Sequence, Union
+from typing import Callable, Deque, List, Optional
 
 from pykvpd import protocol as p
+from pykvpd.simulator.messages import HostReply, HostRequest, status_name, to_daemon, to_host
+from pykvpd.simulator.unixsocket import listen_unix
 
 log = logging.getLogger(__name__)
 
 DRIVER_VERSION = "3.1"  # HV_DRV_VERSION, what the registration reply carries
 DEFAULT_TIMEOUT = 30.0  # HV_UTIL_TIMEOUT
-
-# UTF-8 byte caps of the host -> daemon conversion (§4.1, §6.1).
-KEY_BYTES = p.MAX_KEY_SIZE - 1  # 511
-VALUE_BYTES = p.MAX_VALUE_SIZE - 1  # 2047
-IP_ADAPTER_ID_BYTES = 128
-IP_ADDR_BYTES = 1024  # ip_addr, sub_net, dns_addr
-IP_GATEWAY_BYTES = 512
-
-# UTF-16 unit caps of the daemon -> host conversion (§2.2).
-HOST_KEY_UNITS = p.MAX_KEY_SIZE // 2 - 2  # 254
-HOST_VALUE_UNITS = p.MAX_VALUE_SIZE // 2 - 2  # 1022
-HOST_IP_ADAPTER_ID_UNITS = 128
-HOST_IP_ADDR_UNITS = 1024
-HOST_IP_GATEWAY_UNITS = 512
-
-# Capacity of the host's own UTF-16 fields (units): key/value need room for their NUL.
-HOST_KEY_FIELD_UNITS = p.MAX_KEY_SIZE // 2  # 256
-HOST_VALUE_FIELD_UNITS = p.MAX_VALUE_SIZE // 2  # 1024
-
-_U16 = struct.Struct("<H")
-
-HostValue = Union[str, int, None]
 
 
 class KernelError(Exception):
@@ -80,234 +60,6 @@ class ReplyTimeout(KernelError):
 
 class DaemonGone(KernelError):
     """The device was closed (by the daemon, or by us on EINVAL) with the request in flight."""
-
-
-class ConversionError(ValueError):
-    """The daemon's reply holds bytes the kernel cannot convert (invalid UTF-8)."""
-
-
-# --------------------------------------------------------------------------- conversions
-
-
-def utf16_units(text: str) -> List[int]:
-    """A host string as UTF-16 code units; lone surrogates in ``text`` stay lone units."""
-    raw = text.encode("utf-16-le", "surrogatepass")
-    return [u for (u,) in _U16.iter_unpack(raw)]
-
-
-def units_text(units: Sequence[int]) -> str:
-    """UTF-16 code units back to a Python string (what the host displays)."""
-    raw = b"".join(_U16.pack(u) for u in units)
-    return raw.decode("utf-16-le", "surrogatepass")
-
-
-def host_to_utf8(units: Sequence[int], max_bytes: int) -> bytes:
-    """The kernel's UTF-16 -> UTF-8 conversion with a byte budget (spec §4.1).
-
-    Stops at the first NUL unit. Unpaired surrogates are dropped. A character whose encoding does
-    not fit in what is left of the budget is skipped, but later, shorter characters are still
-    emitted, so the result is not simply a prefix of the input.
-    """
-    out = bytearray()
-    i = 0
-    while i < len(units) and len(out) < max_bytes:
-        unit = units[i]
-        if unit == 0:
-            break
-        i += 1
-        if 0xD800 <= unit <= 0xDFFF:
-            low = units[i] if i < len(units) else 0
-            if unit > 0xDBFF or not 0xDC00 <= low <= 0xDFFF:
-                continue  # unpaired surrogate: dropped
-            i += 1
-            code = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
-        else:
-            code = unit
-        encoded = chr(code).encode("utf-8")
-        if len(out) + len(encoded) <= max_bytes:
-            out += encoded
-    return bytes(out)
-
-
-def _utf8_sequence_length(lead: int) -> int:
-    if lead < 0x80:
-        return 1
-    if 0xC0 <= lead < 0xE0:
-        return 2
-    if 0xE0 <= lead < 0xF0:
-        return 3
-    if 0xF0 <= lead < 0xF8:
-        return 4
-    return 0  # continuation byte or a lead byte no valid UTF-8 has
-
-
-def utf8_to_host(data: bytes, max_units: int) -> List[int]:
-    """The kernel's UTF-8 -> UTF-16 conversion of a reply string with a unit budget (spec §2.2).
-
-    ``data`` is the string as the kernel's strlen sees it (cut at the NUL). Conversion stops when
-    the budget is used up (a character needing a surrogate pair stops it when only one unit is
-    left); bytes past that point are never looked at. Invalid UTF-8 met before that point raises
-    ConversionError, which the kernel reports to the host as HV_E_FAIL.
-    """
-    units: List[int] = []
-    i = 0
-    while i < len(data) and len(units) < max_units:
-        size = _utf8_sequence_length(data[i])
-        chunk = data[i : i + size] if size else data[i : i + 1]
-        try:
-            code = ord(chunk.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ConversionError(f"invalid UTF-8 at byte {i}: {chunk.hex()}") from None
-        i += size
-        if code >= 0x10000:
-            if max_units - len(units) < 2:
-                break
-            code -= 0x10000
-            units += [0xD800 | (code >> 10), 0xDC00 | (code & 0x3FF)]
-        else:
-            units.append(code)
-    return units
-
-
-def _cstr(field: bytes) -> bytes:
-    """What strlen sees: the bytes up to the first NUL (or to the end of what is there)."""
-    return field.split(b"\0", 1)[0]
-
-
-def render_value(value: HostValue, value_type: int) -> Optional[bytes]:
-    """The UTF-8 value bytes the kernel puts in a SET, or None for ``value_size`` 0 (§4.1)."""
-    if value_type == p.REG_SZ:
-        text = "" if value is None else value
-        if not isinstance(text, str):
-            raise TypeError(f"REG_SZ value must be a str, not {type(text).__name__}")
-        return host_to_utf8(utf16_units(text), VALUE_BYTES)
-    if value_type in (p.REG_U32, p.REG_U64):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"REG_U32/REG_U64 value must be an int, not {type(value).__name__}")
-        bits = 32 if value_type == p.REG_U32 else 64
-        return str(value & ((1 << bits) - 1)).encode("ascii")  # unsigned decimal
-    return None  # REG_EXPAND_SZ, REG_QWORD(11), ...: the kernel sends the value empty
-
-
-# --------------------------------------------------------------------------- host side
-
-
-@dataclass(frozen=True)
-class HostRequest:
-    """One request as the host puts it on the channel (strings are the host's UTF-16 text).
-
-    ``value`` is a str for REG_SZ, an int for REG_U32/REG_U64, ignored for other types. ``ip``
-    holds host-side IP strings (adapter id = MAC for GET_IP_INFO, GUID for SET_IP_INFO).
-    """
-
-    op: int
-    pool: int = p.POOL_EXTERNAL
-    key: str = ""
-    value: HostValue = None
-    value_type: int = p.REG_SZ
-    index: int = 0
-    ip: Optional[p.IpInfo] = None
-
-
-@dataclass(frozen=True)
-class HostReply:
-    """What the host gets back: the status and, for ENUMERATE/GET/GET_IP_INFO, the payload."""
-
-    status: int
-    key: str = ""
-    value: str = ""
-    ip: Optional[p.IpInfo] = None
-    detail: str = ""  # why the kernel itself failed the request, for transcripts
-
-    @property
-    def status_name(self) -> str:
-        return status_name(self.status)
-
-
-def status_name(status: int) -> str:
-    """HV_S_OK, HV_E_FAIL, ... or the hex value for codes the header does not name."""
-    return p.STATUS_NAMES.get(status, f"0x{status:08X}")
-
-
-def _ip_text(text: str, max_bytes: int) -> str:
-    return host_to_utf8(utf16_units(text), max_bytes).decode("utf-8")
-
-
-def to_daemon(request: HostRequest) -> bytes:
-    """Build the 7432-byte message the kernel hands the daemon for a host request (§4, §6.1)."""
-    op, pool = request.op, request.pool
-    if op in (p.OP_GET, p.OP_SET, p.OP_DELETE):
-        key = host_to_utf8(utf16_units(request.key), KEY_BYTES)
-        value = render_value(request.value, request.value_type) if op == p.OP_SET else None
-        return p.build_key_message(op, pool, key, value)
-    if op == p.OP_ENUMERATE:
-        return p.build_enumerate_message(pool, request.index)
-    if op in (p.OP_GET_IP_INFO, p.OP_SET_IP_INFO):
-        ip = request.ip or p.IpInfo(adapter_id="")
-        info = p.IpInfo(
-            adapter_id=_ip_text(ip.adapter_id, IP_ADAPTER_ID_BYTES),
-            addr_family=ip.addr_family,
-            dhcp_enabled=ip.dhcp_enabled,
-            ip_addr=_ip_text(ip.ip_addr, IP_ADDR_BYTES),
-            sub_net=_ip_text(ip.sub_net, IP_ADDR_BYTES),
-            gate_way=_ip_text(ip.gate_way, IP_GATEWAY_BYTES),
-            dns_addr=_ip_text(ip.dns_addr, IP_ADDR_BYTES),
-        )
-        return p.build_ip_message(op, info, pool)
-    buf = bytearray(p.MSG_SIZE)  # an op the kernel does not know: only the header is copied
-    buf[p.OFF_OPERATION], buf[p.OFF_POOL] = op & 0xFF, pool & 0xFF
-    return bytes(buf)
-
-
-def _convert(data: bytes, max_units: int) -> str:
-    return units_text(utf8_to_host(_cstr(data), max_units))
-
-
-def to_host(request: HostRequest, reply: bytes, legacy: bool = False) -> HostReply:
-    """What the host receives for the daemon's ``reply`` to ``request`` (spec §2.2).
-
-    The kernel uses the operation it remembered, never the reply's header. A REGISTER1 daemon's
-    status is the u32 at offset 0, forwarded verbatim; a legacy daemon's status is HV_S_CONT when
-    the ENUMERATE key's first byte is NUL, else HV_S_OK. A non-zero status carries no payload.
-    """
-    if legacy:
-        status = p.HV_S_CONT if reply[p.OFF_ENUM_KEY] == 0 else p.HV_S_OK
-    else:
-        status = p.reply_status(reply)
-    if status != p.HV_S_OK:
-        return HostReply(status)
-    op = request.op
-    try:
-        if op in (p.OP_SET, p.OP_DELETE, p.OP_SET_IP_INFO):
-            return HostReply(status)
-        if op == p.OP_GET:  # value read at 532 (the ENUMERATE offset); key not re-sent
-            value = _convert(reply[p.OFF_ENUM_VALUE :], HOST_VALUE_UNITS)
-            return HostReply(status, key=request.key, value=value)
-        if op == p.OP_GET_IP_INFO:
-            return HostReply(status, ip=_ip_to_host(reply))
-        key = _convert(reply[p.OFF_ENUM_KEY :], HOST_KEY_UNITS)  # ENUMERATE and unknown ops
-        value = _convert(reply[p.OFF_ENUM_VALUE :], HOST_VALUE_UNITS)
-        return HostReply(status, key=key, value=value)
-    except ConversionError as exc:
-        return HostReply(p.HV_E_FAIL, detail=f"reply conversion failed: {exc}")
-
-
-def _ip_to_host(reply: bytes) -> p.IpInfo:
-    def field(offset: int, max_units: int) -> str:
-        return _convert(reply[offset:], max_units)
-
-    return p.IpInfo(
-        adapter_id=field(p.OFF_IP_ADAPTER_ID, HOST_IP_ADAPTER_ID_UNITS),
-        addr_family=reply[p.OFF_IP_ADDR_FAMILY],
-        dhcp_enabled=reply[p.OFF_IP_DHCP_ENABLED],
-        ip_addr=field(p.OFF_IP_ADDR, HOST_IP_ADDR_UNITS),
-        sub_net=field(p.OFF_IP_SUBNET, HOST_IP_ADDR_UNITS),
-        gate_way=field(p.OFF_IP_GATEWAY, HOST_IP_GATEWAY_UNITS),
-        dns_addr=field(p.OFF_IP_DNS, HOST_IP_ADDR_UNITS),
-    )
-
-
-# --------------------------------------------------------------------------- the device
 
 
 # Driver states (spec §3.1); USERSPACE_RECV is transient here and folded into READY.
@@ -383,13 +135,7 @@ class FakeKernel:
 
     def start(self) -> FakeKernel:
         """Create the socket and start accepting the daemon."""
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        listener.bind(self.path)
-        listener.listen(4)
-        listener.settimeout(0.1)
-        self._listener = listener
+        self._listener = listen_unix(self.path, socket.SOCK_SEQPACKET, 4, 0.1)
         self._spawn(self._accept_loop, "kvp-kernel-accept")
         return self
 

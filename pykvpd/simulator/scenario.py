@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from pykvpd import protocol as p
 from pykvpd.simulator.guestview import read_pool
 from pykvpd.simulator.host import Host, HostError, Item, RegValue, Value
-from pykvpd.simulator.kernel import status_name
+from pykvpd.simulator.messages import status_name
 from pykvpd.simulator.runner import SimulatedGuest, run_guest_tool
 from pykvpd.simulator.transcript import Transcript, items_data, items_table, records_lines
 

@@ -24,6 +24,7 @@ from pykvpd.simulator.host import Host
 from pykvpd.simulator.kernel import DEFAULT_TIMEOUT, Event, FakeKernel
 from pykvpd.simulator.scenario import CommandError, Quit, Session, split_command
 from pykvpd.simulator.transcript import Transcript
+from pykvpd.simulator.unixsocket import listen_unix
 
 SHOWN_EVENTS = {"open", "register", "close", "timeout", "busy", "conversion-failed"}
 
@@ -86,13 +87,7 @@ class Server:
     def start(self) -> Server:
         self.kernel.start()
         if self.control_path:
-            if os.path.exists(self.control_path):
-                os.unlink(self.control_path)
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(self.control_path)
-            listener.listen(8)
-            listener.settimeout(0.2)
-            self._control = listener
+            self._control = listen_unix(self.control_path, socket.SOCK_STREAM, 8, 0.2)
             threading.Thread(target=self._control_loop, name="sim-control", daemon=True).start()
         return self
 

@@ -10,7 +10,6 @@ image (``root``) every component of its path is resolved within the image.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -103,6 +102,8 @@ def _open_beneath(root_fd: int, path: str, shown: str) -> int:
     where the kernel has it, else a walk that refuses symlinks."""
     global _openat2_missing
     if not _openat2_missing:
+        import ctypes  # only for --root images: ctypes costs every kvp run milliseconds
+
         libc = ctypes.CDLL(None, use_errno=True)
         how = _OPEN_HOW.pack(_DIR_FLAGS, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
         fd = libc.syscall(

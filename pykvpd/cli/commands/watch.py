@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from ...hooks import HookError, HookRunner, resolve_command
 from ...store import POOL_LABELS
@@ -94,6 +96,24 @@ class TimedOut(Exception):
     """--timeout passed (exit 1)."""
 
 
+@contextlib.contextmanager
+def _sigint_stops() -> Iterator[None]:
+    """SIGINT stops the watch (and its running hook) even where it was inherited as ignored.
+
+    A shell without job control starts ``kvp watch ... &`` with SIGINT ignored, so a script's
+    ``kill -INT $!`` would do nothing and leave the watch and its hooks running.
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (main() called from a test thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(args: argparse.Namespace, out: Output) -> int:
     ops = _checked(args)
     runner = None
@@ -145,25 +165,36 @@ def run(args: argparse.Namespace, out: Output) -> int:
         rewrites=not args.changes_only,
     )
     try:
-        first = watcher.initial()
-        first += absent_initial(args.keys, first)
-        names = ", ".join(POOL_LABELS[n] for n in numbers)
-        armed = f"watching {' '.join(args.keys) or 'every key'} in {names}"
-        log.info("%s", armed)
-        if os.environ.get("NOTIFY_SOCKET"):  # Type=notify (kvp-watch@.service): armed now,
-            from ...service import Notifier  # so a host write right after start is not lost
-
-            Notifier().ready(armed)
-        for change in [] if args.no_initial else first:
-            if emit(change):
-                return EXIT_OK
-        while True:
-            for change in watcher.changes(left()):
-                if emit(change):
-                    return EXIT_OK
+        with _sigint_stops():
+            return _follow(args, watcher, emit, left)
     except TimedOut:
         if not args.quiet:
             log.error("timed out after %g s", args.timeout)
         return EXIT_NOT_FOUND
     finally:
         watcher.close()
+
+
+def _follow(
+    args: argparse.Namespace,
+    watcher: PoolWatcher,
+    emit: Callable[[Change], bool],
+    left: Callable[[], Optional[float]],
+) -> int:
+    """The start events, then the changes, until --count is reached (or an exception)."""
+    first = watcher.initial()
+    first += absent_initial(args.keys, first)
+    names = ", ".join(POOL_LABELS[n] for n in watcher.pools)
+    armed = f"watching {' '.join(args.keys) or 'every key'} in {names}"
+    log.info("%s", armed)
+    if os.environ.get("NOTIFY_SOCKET"):  # Type=notify (kvp-watch@.service): armed now,
+        from ...service import Notifier  # so a host write right after start is not lost
+
+        Notifier().ready(armed)
+    for change in [] if args.no_initial else first:
+        if emit(change):
+            return EXIT_OK
+    while True:
+        for change in watcher.changes(left()):
+            if emit(change):
+                return EXIT_OK
