@@ -128,6 +128,9 @@ class HookRunner:
             _set_mask(mask)
             log.error("cannot run %s: %s", self.argv[0], exc.strerror or exc)
             return COULD_NOT_START
+        except BaseException:  # from a signal not blocked here: the mask must not stay blocked
+            _set_mask(mask)
+            raise
         try:
             _set_mask(mask)  # a stop signal pending since the fork is handled inside this try
             proc.communicate(data, timeout=timeout)

@@ -118,6 +118,10 @@ def test_an_exception_during_a_run_stops_the_hook_and_its_children(tmp_path, exc
     pid_file = tmp_path / "pids"
 
     def interrupt(_signum: int, _frame: object) -> None:
+        # Only where a real SIGTERM/SIGINT could arrive: not while the runner blocks them
+        # around the start of the hook (this stand-in signal is not blocked there).
+        if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            return
         if pid_file.exists() and len(pid_file.read_text().split()) >= 2:
             raise exc
 
@@ -132,6 +136,20 @@ def test_an_exception_during_a_run_stops_the_hook_and_its_children(tmp_path, exc
     pids = [int(p) for p in pid_file.read_text().split()]
     assert len(pids) == 2
     assert wait_gone(pids) == []
+
+
+def test_an_exception_while_starting_the_hook_leaves_stop_signals_unblocked(monkeypatch):
+    """Blocked stop signals would be inherited by every later child of this process (in the
+    3.9 run, the test process itself kept SIGTERM blocked and later daemons ignored it)."""
+
+    def broken_popen(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("raised by a signal handler inside Popen")
+
+    monkeypatch.setattr("pykvpd.hooks.subprocess.Popen", broken_popen)
+    with pytest.raises(RuntimeError):
+        HookRunner(["/bin/true"], timeout=None).run(Change("add", 1, "K", "v"))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signal.SIGTERM not in blocked and signal.SIGINT not in blocked
 
 
 def test_the_hook_runs_with_stop_signals_unblocked(tmp_path):
