@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite a second time under CPython 3.9: Debian 11's own python3, in a
 # Debian 11 (bullseye) root file system, as root, in private mount/PID/UTS/IPC namespaces.
-#   scripts/test-py39.sh [pytest args]      (.ci/run calls it after scripts/bootstrap.sh test)
+#   scripts/test-py39.sh [pytest args]      (scripts/bootstrap.sh test calls it after the main run)
 #
 # The guests pykvpd serves run their system Python (3.9 on RHEL 9 and Debian 11); ruff's
 # target-version checks syntax only, not the standard library, so this run is the floor's proof.
@@ -13,8 +13,9 @@
 # main run has, and everything it mounts or starts goes away when it exits.
 #
 # The root file system is built once with mmdebstrap and kept in $PYKVPD_ROOTFS_CACHE (default
-# /var/cache/pykvpd/rootfs) under a name keyed by its package list, so later runs on the same
-# machine reuse it; a lock makes two builders at once wait for one build. Each run mounts a
+# /var/tmp/pykvpd-rootfs, shared with tests/nspawn.py) under a name keyed by its package list,
+# so later runs on the same machine reuse it; a lock makes two builders at once wait for one
+# build. Each run mounts a
 # throwaway overlay over it, so the cached tree never changes.
 #
 # pip inside talks to the package index only: with this machine's CA bundle (PIP_CERT) and with
@@ -26,7 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 suite=bullseye
 mirror=${PYKVPD_PY39_MIRROR:-http://deb.debian.org/debian}
-cache=${PYKVPD_ROOTFS_CACHE:-/var/cache/pykvpd/rootfs}
+cache=${PYKVPD_ROOTFS_CACHE:-/var/tmp/pykvpd-rootfs}  # the same cache as tests/nspawn.py
 ca_bundle=${PYKVPD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 
 # What the tests need there: the compiler and headers for the C shim and the LD_PRELOAD library,

@@ -168,6 +168,8 @@ def test_aliases_shadow_the_c_unit(tmp_path, aliases):
     result = verify(root, "hv-kvp-daemon.service")
     loaded_c_unit = "relative" in result.stdout + result.stderr
     assert loaded_c_unit is not aliases, result.stderr
+    if aliases:  # and verify really ran and found our unit clean (not refused for another reason)
+        assert result.returncode == 0, result.stderr
 
 
 @needs_analyze
