@@ -547,3 +547,49 @@ def test_a_command_imports_only_its_own_module(pools):
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert done.stdout.split("\n")[0] == "1 ['pykvpd.cli.commands.get'] False"
+
+
+LAZY_STORE_MODULES = ("chunks", "fsck", "staleness", "telemetry")
+
+
+@pytest.mark.parametrize("argv", [["set", "Key", "v"], ["get", "Key"]], ids=["set", "get"])
+def test_plain_get_and_set_leave_the_stores_other_modules_unimported(pools, argv):
+    """Start-up cost: pykvpd.store imports chunks/fsck/staleness/telemetry only on first use,
+    and a plain `kvp set KEY VALUE` / `kvp get KEY` (which found its key) never uses them."""
+    probe = (
+        "import sys\n"
+        "from pykvpd.cli import main\n"
+        f"code = main(['--dir', {pools!r}, *{argv!r}])\n"
+        f"lazy = ['pykvpd.store.' + m for m in {LAZY_STORE_MODULES!r}]\n"
+        "print(code, sorted(m for m in lazy if m in sys.modules))\n"
+    )
+    if argv[0] == "get":
+        assert kvp("--dir", pools, "set", "Key", "v")[0] == 0
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "0 []"
+
+
+def test_the_stores_lazy_names_import_on_first_use():
+    """The lazy names still work, `from pykvpd.store import *` still gives all of them, and a
+    name the store does not have is a plain AttributeError."""
+    probe = (
+        "import pykvpd.store as s\n"
+        "print(s.chunk_key('K', 2), s.REPAIRS is not None, 'open_pool' in dir(s))\n"
+        "ns = {}\n"
+        "exec('from pykvpd.store import *', ns)\n"
+        "print(sorted(set(s.__all__) - set(ns)))\n"
+        "try:\n"
+        "    s.nope\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.splitlines() == [
+        "K.2 True True",
+        "[]",
+        "module 'pykvpd.store' has no attribute 'nope'",
+    ]

@@ -25,19 +25,18 @@ Usage (see docs/api.md)::
     with open_pool("guest") as guest:      # read-only where this user may not write
         guest["DeploymentState"] = "ready"
         print(guest.get("DeploymentState"))  # 'ready'
+
+Only ``errors`` and ``records`` are imported with the package; every other name is imported on
+first use (PEP 562 ``__getattr__``). ``kvp get``/``kvp set`` start a new interpreter each time,
+and a plain get must not pay for fsck, telemetry, chunks or staleness it never touches.
 """
 
 from __future__ import annotations
 
-from .chunks import (
-    chunk_index,
-    chunk_key,
-    delete_chunked,
-    join_chunks,
-    split_value,
-    write_chunks,
-)
-from .errors import (
+import importlib
+from typing import Any, List
+
+from .errors import (  # noqa: F401 - re-exported
     InvalidRecord,
     LockTimeout,
     PoolDirMissing,
@@ -45,22 +44,7 @@ from .errors import (
     PoolPermissionError,
     RecordTooLarge,
 )
-from .freshness import DirWatch
-from .fsck import (
-    REPAIRS,
-    Finding,
-    FsckReport,
-    Inspection,
-    check,
-    fsck_findings,
-    inspect,
-    repair,
-    repair_image,
-)
-from .journal import journal_path
-from .pooldir import DEFAULT_POOL_DIR, PoolDir
-from .poolfile import DEFAULT_MODE, PoolFile
-from .records import (
+from .records import (  # noqa: F401 - re-exported
     KEY_SIZE,
     MAX_KEY_SIZE,
     MAX_VALUE_SIZE,
@@ -83,9 +67,55 @@ from .records import (
     pool_number,
     validate,
 )
-from .staleness import Cleared, boot_time, clear
-from .telemetry import KvpEvent, reassemble_events
-from .view import Pool, open_pool
+
+# Where each lazily imported name lives: its module is imported the first time it is asked for.
+_LAZY = {
+    "boot_time": "staleness",
+    "check": "fsck",
+    "chunk_index": "chunks",
+    "chunk_key": "chunks",
+    "clear": "staleness",
+    "Cleared": "staleness",
+    "DEFAULT_MODE": "poolfile",
+    "DEFAULT_POOL_DIR": "pooldir",
+    "delete_chunked": "chunks",
+    "DirWatch": "freshness",
+    "Finding": "fsck",
+    "fsck_findings": "fsck",
+    "FsckReport": "fsck",
+    "inspect": "fsck",
+    "Inspection": "fsck",
+    "join_chunks": "chunks",
+    "journal_path": "journal",
+    "KvpEvent": "telemetry",
+    "open_pool": "view",
+    "Pool": "view",
+    "PoolDir": "pooldir",
+    "PoolFile": "poolfile",
+    "reassemble_events": "telemetry",
+    "repair": "fsck",
+    "repair_image": "fsck",
+    "REPAIRS": "fsck",
+    "split_value": "chunks",
+    "write_chunks": "chunks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` on first use and keep the name (PEP 562)."""
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    """List the lazy names too, so that ``dir()`` and completion show the whole API."""
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Cleared",

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     key = check_key(args, args.key)
     numbers = args.pools or list(GET_ORDER)
-    chunked = False
+    missed = []  # the pools searched in vain, for the hint that KEY.0, KEY.1, ... exist
     with reading(args) as pools:
         for n in numbers:
             values = first_values(read_image(pools, n))
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             elif text(key) in values:
                 value = values[text(key)]
             else:
-                chunked = chunked or store.chunk_key(text(key), 0) in values
+                missed.append(values)
                 continue
             if args.json:
                 result = lookup_json(n, text(key), text(value))
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         out.json(lookup_json(None, text(key), None))
     elif not args.quiet:
         where = "any pool" if not args.pools else ", ".join(POOL_LABELS[n] for n in args.pools)
+        chunked = any(store.chunk_key(text(key), 0) in values for values in missed)
         hint = (
             f" ({escape(key)}.0, .1, ... exist: --join reads them as one value)" if chunked else ""
         )
