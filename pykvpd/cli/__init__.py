@@ -14,15 +14,15 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ..store import LockTimeout, PoolError, RecordTooLarge
 from .commands import COMMANDS
 from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CliError
 from .output import SCHEMA_VERSION, Output, json_line
 from .parser import parse_args
+from .signals import sigterm_exits
 
 __all__ = ["COMMANDS", "main"]
 
@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args, command = parse_args(argv)
         as_json = args.json
         _setup_logging(args)
-        with _sigterm_exits():
+        with sigterm_exits():
             return command.run(args, Output())
     except CliError as exc:
         return _fail(str(exc), exc.code, as_json)
@@ -106,21 +106,3 @@ def _fail(message: str, code: int, as_json: bool) -> int:
     else:
         log.error("%s", message)
     return code
-
-
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM unwinds like an exception, so watch kills its running hook before exiting."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread (main() called from a test thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -77,6 +77,19 @@ def emit_value(args: argparse.Namespace, out: Output, value: bytes) -> None:
         out.write(value + b"\n")
 
 
+def pool_json(number: int, path: str, **fields: Any) -> Dict[str, Any]:
+    """The JSON result of a command about one pool file (``clear``, ``is-stale``)."""
+    from ..store import POOL_LABELS
+
+    return {
+        "version": SCHEMA_VERSION,
+        "pool": number,
+        "pool_name": POOL_LABELS[number],
+        "path": path,
+        **fields,
+    }
+
+
 def lookup_json(pool: Optional[int], key: str, value: Optional[str]) -> Dict[str, Any]:
     """``get``/``wait --json``: the value and its pool, or ``found: false`` and nulls."""
     from ..store import POOL_LABELS

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ... import store
-from ...store import POOL_LABELS
 from ..access import one_pool, reading, writing
 from ..errors import EXIT_IO, EXIT_OK, CliError
-from ..output import SCHEMA_VERSION, Output
+from ..output import Output, pool_json
 
 FORMATS = ("json",)
 
@@ -34,15 +33,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             "stale": done.stale,
         }
     if args.json:
-        out.json(
-            {
-                "version": SCHEMA_VERSION,
-                "pool": number,
-                "pool_name": POOL_LABELS[number],
-                "path": path,
-                **result,
-            }
-        )
+        out.json(pool_json(number, path, **result))
     elif not args.quiet:
         if result["cleared"]:
             out.line(f"{path}: cleared ({result['removed']} records removed)")

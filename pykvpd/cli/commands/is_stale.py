@@ -7,10 +7,9 @@ import os
 from typing import Optional
 
 from ... import store
-from ...store import POOL_LABELS
 from ..access import one_pool, reading
 from ..errors import EXIT_IO, EXIT_NOT_FOUND, EXIT_OK, CliError
-from ..output import SCHEMA_VERSION, Output
+from ..output import Output, pool_json
 
 FORMATS = ("json",)
 
@@ -38,16 +37,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     stale = mtime is not None and mtime < boot
     if args.json:
         out.json(
-            {
-                "version": SCHEMA_VERSION,
-                "pool": number,
-                "pool_name": POOL_LABELS[number],
-                "path": path,
-                "exists": mtime is not None,
-                "stale": stale,
-                "mtime": mtime,
-                "boot_time": boot,
-            }
+            pool_json(
+                number, path, exists=mtime is not None, stale=stale, mtime=mtime, boot_time=boot
+            )
         )
     elif not args.quiet:
         state = "missing" if mtime is None else ("stale" if stale else "fresh")

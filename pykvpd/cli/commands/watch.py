@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ...hooks import HookError, HookRunner, resolve_command
 from ...store import POOL_LABELS
@@ -16,6 +14,7 @@ from ...watch import OPS, Change, PoolWatcher, absent_initial, key_filter
 from ..access import ALL_POOLS, pool_directory
 from ..errors import EXIT_NOT_FOUND, EXIT_OK, CliError, usage
 from ..output import SCHEMA_VERSION, Output, escape
+from ..signals import sigint_stops
 from ..validate import count, run_limit, seconds
 
 log = logging.getLogger("kvp")
@@ -96,24 +95,6 @@ class TimedOut(Exception):
     """--timeout passed (exit 1)."""
 
 
-@contextlib.contextmanager
-def _sigint_stops() -> Iterator[None]:
-    """SIGINT stops the watch (and its running hook) even where it was inherited as ignored.
-
-    A shell without job control starts ``kvp watch ... &`` with SIGINT ignored, so a script's
-    ``kill -INT $!`` would do nothing and leave the watch and its hooks running.
-    """
-    try:
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    except ValueError:  # not the main thread (main() called from a test thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run(args: argparse.Namespace, out: Output) -> int:
     ops = _checked(args)
     runner = None
@@ -165,7 +146,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         rewrites=not args.changes_only,
     )
     try:
-        with _sigint_stops():
+        with sigint_stops():
             return _follow(args, watcher, emit, left)
     except TimedOut:
         if not args.quiet:
