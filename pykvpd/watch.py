@@ -211,9 +211,10 @@ class PoolWatcher:
             fd = parent.pool(0).directory.fd()
             return self._ino.add_watch(f"/proc/self/fd/{fd}", _PARENT_MASK)
         except OSError as exc:
+            why = str(exc) if isinstance(exc, PoolError) else f"{parent.directory}: {exc.strerror}"
+            inside = "" if self._root is None else " (symlinks are resolved inside the image)"
             raise PoolError(
-                f"{self.directory}: no such directory, and cannot watch {parent.directory}: "
-                f"{exc.strerror or exc}"
+                f"{self.directory}: no such directory, and cannot watch its parent: {why}{inside}"
             ) from None
         finally:
             parent.close()  # the watch holds the inode; the descriptor is not needed
