@@ -41,7 +41,7 @@ def test_symlinked_component_under_root_is_not_followed_out_of_the_image(
     assert SECRET not in out
     assert code == 3, (code, out, err)
     assert f"{image}/var/lib/hyperv" in err  # names the directory as the image has it
-    assert "resolved inside the image" in err
+    assert "resolved inside the image" in err or "no openat2" in err  # the kernel decides
 
 
 def test_absolute_symlink_inside_the_image_resolves_inside_it(tmp_path, outside):
