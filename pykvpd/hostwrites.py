@@ -45,9 +45,13 @@ class HostWrite(NamedTuple):
     key: bytes
 
 
-def _open_regular(path: str, flags: int, mode: int = 0o644) -> int:
-    """Open without following a symlink; refuse anything but a regular file."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+def _open_regular(
+    path: str, flags: int, mode: int = 0o644, dir_fd: Optional[int] = None
+) -> int:
+    """Open without following a symlink; refuse anything but a regular file. With ``dir_fd``,
+    ``path`` is opened by its last component in that directory (``path`` still names it)."""
+    name = path if dir_fd is None else os.path.basename(path)
+    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{path}: not a regular file")
@@ -70,11 +74,14 @@ def decode(data: bytes) -> List[HostWrite]:
     return writes
 
 
-def read_log(directory: str) -> List[HostWrite]:
-    """The entries of a pool directory's log; [] if there is none (e.g. the C daemon runs)."""
+def read_log(directory: str, dir_fd: Optional[int] = None) -> List[HostWrite]:
+    """The entries of a pool directory's log; [] if there is none (e.g. the C daemon runs).
+
+    ``dir_fd``: the directory, already opened (inside a disk image: the path, joined again,
+    could lead out of it); ``directory`` then only names it in messages."""
     path = os.path.join(directory, LOG_NAME)
     try:
-        fd = _open_regular(path, os.O_RDONLY)
+        fd = _open_regular(path, os.O_RDONLY, dir_fd=dir_fd)
     except FileNotFoundError:
         return []
     except OSError as exc:

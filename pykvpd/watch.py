@@ -12,6 +12,13 @@ host trigger such as ``PatchNow=1`` fires each time it is sent. ``rewrites=False
 
 The directory is watched rather than the files, so a pool file created, deleted or replaced by
 rename (Ignition rewrites the pools) is followed; a missing directory is waited for.
+
+The directory is opened once through the store (``PoolDir``: with ``root`` resolved inside the
+image, never outside it), and inotify watches that open directory by its ``/proc/self/fd`` path,
+so the watch, the pool reads and the host-write log all see the very directory the store
+resolved; joining the path again would follow a symlinked component (``IMG/var -> /var``) out
+of the image. A pool file that is a symlink, FIFO or other non-regular file is refused with the
+store's message naming it (a PoolError, which ``kvp`` reports with exit 3), not retried.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ import fnmatch
 import logging
 import os
 import select
+import stat
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import inotify
-from .hostwrites import LOG_NAME, read_log
-from .store import POOL_LABELS, PoolError, PoolFile, pool_filename
+from .hostwrites import LOG_NAME, HostWrite, read_log
+from .store import POOL_LABELS, PoolDir, PoolDirMissing, PoolError, PoolFile, pool_filename
 
 log = logging.getLogger(__name__)
 
@@ -128,24 +136,25 @@ class PoolWatcher:
         match: Optional[KeyFilter] = None,
         lock_timeout: float = 20.0,
         rewrites: bool = True,
+        root: Optional[str] = None,
     ) -> None:
         """``rewrites``: also report host SETs that stored the value a key already had (from
-        the daemon's host-write log); False reports changes of value only."""
-        self.directory = directory
+        the daemon's host-write log); False reports changes of value only. ``root``: a disk
+        image; ``directory`` is then a path inside it and nothing outside it is watched or read
+        (``self.directory`` names it as ``root/directory`` in messages)."""
         self.pools = list(pools)
+        self._root = root
+        self._rel = directory
+        self._dir = PoolDir(directory, root=root, writable=False, lock_timeout=lock_timeout)
+        self.directory = self._dir.directory
         self._match = match or (lambda key: True)
         self._names = {pool_filename(n): n for n in self.pools}
+        self._files: Dict[int, PoolFile] = {n: self._dir.pool(n) for n in self.pools}
+        # The store's handle of the open directory, shared by every pool file of it.
+        self._opened = self._dir.pool(self.pools[0] if self.pools else 0).directory
         self._ino = inotify.Inotify()
         self._wd: Optional[int] = None
         self._parent_wd: Optional[int] = None
-        self._files = {
-            n: PoolFile(
-                os.path.join(directory, pool_filename(n)),
-                writable=False,
-                lock_timeout=lock_timeout,
-            )
-            for n in self.pools
-        }
         self._state: Dict[int, Dict[str, str]] = {n: {} for n in self.pools}
         self._dirty: Set[int] = set(self.pools)
         self._retry_at: Optional[float] = None
@@ -155,7 +164,7 @@ class PoolWatcher:
         self._rewritten: Dict[int, Dict[str, None]] = {n: {} for n in self.pools}  # ordered set
         self._arm()  # watch first, read second: no change between the two is missed
         if rewrites:
-            logged = read_log(directory)
+            logged = self._logged()
             self._log_seen = logged[-1].seq if logged else 0  # only writes from now on count
 
     # ----------------------------------------------------------------- inotify plumbing
@@ -164,29 +173,51 @@ class PoolWatcher:
         return self._ino.fileno()
 
     def _arm(self) -> None:
-        """Watch the directory, or its parent until the directory appears."""
+        """Watch the directory, or its parent until the directory appears.
+
+        Both are opened through the store (inside the image with ``root``) and watched by
+        their descriptor's ``/proc/self/fd`` path: inotify then holds the inode the store
+        resolved, and a symlink on the way is never followed by a second lookup.
+        """
+        self._opened.close()  # (re)open: the directory may have been replaced or created
         try:
-            self._wd = self._ino.add_watch(self.directory, _DIR_MASK)
-        except FileNotFoundError:
+            self._wd = self._ino.add_watch(f"/proc/self/fd/{self._opened.fd()}", _DIR_MASK)
+        except PoolDirMissing:
             self._wd = None
-        except OSError as exc:
+        except OSError as exc:  # the store's PoolErrors (not allowed, not a directory) pass
+            if isinstance(exc, PoolError):
+                raise
             raise PoolError(f"{self.directory}: cannot watch: {exc.strerror}") from None
         if self._wd is not None:
             if self._parent_wd is not None:
                 self._forget(self._parent_wd)
                 self._parent_wd = None
             return
-        parent = os.path.dirname(os.path.abspath(self.directory))
-        try:
-            self._parent_wd = self._ino.add_watch(parent, _PARENT_MASK)
-        except OSError as exc:
-            raise PoolError(
-                f"{self.directory}: no such directory, and cannot watch {parent}: {exc.strerror}"
-            ) from None
+        self._parent_wd = self._watch_parent()
         log.info("%s does not exist yet; waiting for it", self.directory)
-        # It may have appeared between the two add_watch calls.
-        if os.path.isdir(self.directory):
-            self._arm()
+        # It may have appeared between the two watches.
+        try:
+            self._opened.fd()
+        except PoolDirMissing:
+            return
+        self._arm()
+
+    def _watch_parent(self) -> int:
+        """A watch on the missing directory's parent (resolved as the directory would be)."""
+        rel = os.path.normpath(self._rel)
+        parent_rel = os.path.dirname(rel if self._root is not None else os.path.abspath(rel))
+        parent = PoolDir(parent_rel or "/", root=self._root, writable=False)
+        try:
+            fd = parent.pool(0).directory.fd()
+            return self._ino.add_watch(f"/proc/self/fd/{fd}", _PARENT_MASK)
+        except OSError as exc:
+            why = str(exc) if isinstance(exc, PoolError) else f"{parent.directory}: {exc.strerror}"
+            inside = "" if self._root is None else " (symlinks are resolved inside the image)"
+            raise PoolError(
+                f"{self.directory}: no such directory, and cannot watch its parent: {why}{inside}"
+            ) from None
+        finally:
+            parent.close()  # the watch holds the inode; the descriptor is not needed
 
     def _forget(self, wd: int) -> None:
         with contextlib.suppress(OSError):  # already gone (removed with the directory)
@@ -222,21 +253,44 @@ class PoolWatcher:
 
     def _read(self, pool: int) -> Optional[Dict[str, str]]:
         """The pool's matching keys now, {} if the file is missing, None if unreadable now."""
-        path = self._files[pool].path
         try:
             full = pool_state(self._files[pool])
         except PoolError as exc:
-            if not os.path.exists(path):
+            mode = self._mode(pool)
+            if mode is None:
                 self._files[pool].close()
                 return {}
+            if not stat.S_ISREG(mode):
+                raise  # a symlink, FIFO or device: the store refused it, by name; so do we
             log.warning("%s (will retry)", exc)
             return None
         return {k: v for k, v in full.items() if self._match(k)}
 
+    def _mode(self, pool: int) -> Optional[int]:
+        """The pool file's own type and mode (a symlink is not followed), None if it or the
+        directory is gone; a regular file's mode when it cannot be told (try again later)."""
+        try:
+            found = os.stat(pool_filename(pool), dir_fd=self._opened.fd(), follow_symlinks=False)
+        except (FileNotFoundError, PoolDirMissing):
+            return None
+        except PoolError:
+            raise  # e.g. the directory may no longer be entered
+        except OSError:
+            return stat.S_IFREG
+        return found.st_mode
+
+    def _logged(self) -> List[HostWrite]:
+        """The host-write log, read beside the pools (through the open directory)."""
+        try:
+            dir_fd = self._opened.fd()
+        except PoolDirMissing:
+            return []
+        return read_log(self.directory, dir_fd)
+
     def _read_log(self) -> None:
         """Note the host writes logged since the last look (read before the pools they hit)."""
         self._log_dirty = False
-        logged = read_log(self.directory)
+        logged = self._logged()
         if logged and logged[-1].seq < self._log_seen:
             self._log_seen = 0  # the log was recreated: its entries are all new
         for entry in logged:
@@ -297,8 +351,7 @@ class PoolWatcher:
             select.select([self._ino.fileno()], [], [], wait)
 
     def close(self) -> None:
-        for pool in self._files.values():
-            pool.close()
+        self._dir.close()  # its pool files and the directory's descriptor
         self._ino.close()
 
     def __enter__(self) -> PoolWatcher:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ...store import DEFAULT_POOL_DIR
 from ...watch import PoolWatcher, wait_for
-from ..access import GET_ORDER, pool_directory
+from ..access import GET_ORDER
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import Output, emit_value, escape, lookup_json, text
 from ..validate import check_key, seconds
@@ -27,7 +28,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
     key = text(check_key(args, args.key))
     numbers = args.pools or list(GET_ORDER)
     watcher = PoolWatcher(
-        pool_directory(args), numbers, lambda k: k == key, args.lock_timeout, rewrites=False
+        DEFAULT_POOL_DIR if args.dir is None else args.dir,  # inside the image with --root
+        numbers,
+        lambda k: k == key,
+        args.lock_timeout,
+        rewrites=False,
+        root=args.root,
     )
     with watcher:
         hit = wait_for(watcher, key, args.value, args.timeout)

@@ -9,9 +9,9 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from ...hooks import HookError, HookRunner, resolve_command
-from ...store import POOL_LABELS
+from ...store import DEFAULT_POOL_DIR, POOL_LABELS
 from ...watch import OPS, Change, PoolWatcher, absent_initial, key_filter
-from ..access import ALL_POOLS, pool_directory
+from ..access import ALL_POOLS
 from ..errors import EXIT_NOT_FOUND, EXIT_OK, CliError, usage
 from ..output import SCHEMA_VERSION, Output, escape
 from ..signals import sigint_stops
@@ -139,11 +139,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return args.count is not None and emitted >= args.count
 
     watcher = PoolWatcher(
-        pool_directory(args),
+        DEFAULT_POOL_DIR if args.dir is None else args.dir,  # inside the image with --root
         numbers,
         key_filter(args.keys),
         args.lock_timeout,
         rewrites=not args.changes_only,
+        root=args.root,
     )
     try:
         with sigint_stops():
