@@ -10,7 +10,6 @@ runs the steps, ``runner`` runs external programs with argv lists and timeouts.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..protocol import HV_E_FAIL, HV_GUID_NOTFOUND, HV_INVALIDARG, HV_S_OK, IpInfo
@@ -28,9 +27,8 @@ INJECTION_MODES = ("off", "dry-run", "on")
 REQUEST_BUDGET = 20.0
 
 
-@dataclass(eq=False)
 class NetConfig:
-    """GET_IP_INFO / SET_IP_INFO for the daemon, configured once at start-up (by keyword).
+    """GET_IP_INFO / SET_IP_INFO for the daemon, configured once at start-up.
 
     sysfs, etc_dir and run_dir are roots (tests point them at temporary trees); scripts_dir
     holds the optional distro helpers; state_dir receives ifcfg-IF and IF.nmconnection as the
@@ -38,19 +36,18 @@ class NetConfig:
     step (the whole request is bounded by REQUEST_BUDGET).
     """
 
-    sysfs: str = "/sys"
-    scripts_dir: str = "/usr/libexec/hypervkvpd"
-    state_dir: str = "/var/lib/hyperv"
-    injection: str = "on"
-    etc_dir: str = "/etc"
-    run_dir: str = "/run"
-    timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.injection not in INJECTION_MODES:
-            raise ValueError(
-                f"injection must be one of {INJECTION_MODES}, not {self.injection!r}")
-        self.timeout = min(float(self.timeout), REQUEST_BUDGET)
+    def __init__(self, *, sysfs: str = "/sys", scripts_dir: str = "/usr/libexec/hypervkvpd",
+                 state_dir: str = "/var/lib/hyperv", injection: str = "on",
+                 etc_dir: str = "/etc", run_dir: str = "/run", timeout: float = 10.0) -> None:
+        if injection not in INJECTION_MODES:
+            raise ValueError(f"injection must be one of {INJECTION_MODES}, not {injection!r}")
+        self.sysfs = sysfs
+        self.scripts_dir = scripts_dir
+        self.state_dir = state_dir
+        self.injection = injection
+        self.etc_dir = etc_dir
+        self.run_dir = run_dir
+        self.timeout = min(float(timeout), REQUEST_BUDGET)
 
     # ------------------------------------------------------------------ GET_IP_INFO
 
