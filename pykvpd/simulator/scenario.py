@@ -217,18 +217,19 @@ class Session:
         return items_data(pushed)
 
     def _add(self, args: List[str]) -> Any:
-        items = parse_pairs(args)
-        shown = ", ".join(f"{k} = {show_value(v)}" for k, v in items.items())
-        self.transcript.host(f"AddKvpItems {shown}")
-        self.host.add_kvp_items(items)
-        self._ok()
-        return None
+        return self._write_items("AddKvpItems", self.host.add_kvp_items, args)
 
     def _modify(self, args: List[str]) -> Any:
+        return self._write_items("ModifyKvpItems", self.host.modify_kvp_items, args)
+
+    def _write_items(
+        self, call: str, send: Callable[[Dict[str, Value]], Any], args: List[str]
+    ) -> Any:
+        """One host call that writes KEY=VALUE items (add and modify differ only in the call)."""
         items = parse_pairs(args)
         shown = ", ".join(f"{k} = {show_value(v)}" for k, v in items.items())
-        self.transcript.host(f"ModifyKvpItems {shown}")
-        self.host.modify_kvp_items(items)
+        self.transcript.host(f"{call} {shown}")
+        send(items)
         self._ok()
         return None
 
