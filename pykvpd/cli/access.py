@@ -52,13 +52,6 @@ def open_dir(args: argparse.Namespace, create: bool = False, writable: bool = Fa
     )
 
 
-def pool_directory(args: argparse.Namespace) -> str:
-    """The pool directory as messages name it (ROOT/var/lib/hyperv with --root)."""
-    pools = open_dir(args)
-    pools.close()
-    return pools.directory
-
-
 @contextlib.contextmanager
 def reading(args: argparse.Namespace, writable: bool = False) -> Iterator[PoolDir]:
     """The pool directory (read-only unless ``writable``); exit 3 if it is missing or this
