@@ -97,7 +97,7 @@ class Daemon:
             try:
                 if self.stopping:
                     raise _StopWhileWaiting
-                found = transport.wait_for_device(device, wait)
+                found = transport.wait_for_device(device, wait, self._wakeup_r)
             finally:
                 self._awaiting_device = False
             if not found:
@@ -259,7 +259,7 @@ class Daemon:
         ready = False
         for fd, _mask in events:
             if fd == self._wakeup_r:
-                _drain(fd)
+                transport.drain_pipe(fd)
             else:
                 ready = True  # POLLIN, or POLLERR/POLLHUP: the read reports it and we reopen
         return ready
@@ -368,14 +368,6 @@ class _LazyNetConfig:
 
     def set_ip_info(self, request):  # noqa: ANN001, ANN201
         return self._get().set_ip_info(request)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _status_name(status: int) -> str:

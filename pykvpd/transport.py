@@ -365,11 +365,16 @@ def _deepest_existing_dir(path: str) -> str:
     return parent
 
 
-def wait_for_device(path: str = DEVICE_PATH, timeout: Optional[float] = None) -> bool:
+def wait_for_device(
+    path: str = DEVICE_PATH, timeout: Optional[float] = None, wake_fd: Optional[int] = None
+) -> bool:
     """True as soon as ``path`` exists, False if ``timeout`` seconds (None: no limit) pass first.
 
     Sleeps on inotify watches of the nearest existing ancestor directory, moving down as the
-    missing directories appear, so the wait costs no CPU.
+    missing directories appear, so the wait costs no CPU. ``wake_fd`` is the signal wake-up pipe
+    (``signal.set_wakeup_fd``): a signal that arrives just before the poll starts would not
+    interrupt it, so the poll also sleeps on that pipe and Python then runs the handler, which
+    may end the wait by raising.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     if os.path.exists(path):
@@ -385,15 +390,21 @@ def wait_for_device(path: str = DEVICE_PATH, timeout: Optional[float] = None) ->
         )
         return _wait_by_polling(path, deadline)
     with inotify:
-        return _wait_with_inotify(inotify, path, deadline)
+        return _wait_with_inotify(inotify, path, deadline, wake_fd)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _wait_with_inotify(inotify: Inotify, path: str, deadline: Optional[float]) -> bool:
+def _wait_with_inotify(
+    inotify: Inotify, path: str, deadline: Optional[float], wake_fd: Optional[int]
+) -> bool:
     watches: Dict[int, str] = {}  # wd -> directory
+    poller = select.poll()  # not the request path: select.poll runs signal handlers on EINTR
+    poller.register(inotify.fileno(), select.POLLIN)
+    if wake_fd is not None:
+        poller.register(wake_fd, select.POLLIN)
     while True:
         directory = _deepest_existing_dir(path)
         if directory not in watches.values():
@@ -407,10 +418,21 @@ def _wait_with_inotify(inotify: Inotify, path: str, deadline: Optional[float]) -
         remaining = _remaining(deadline)
         if remaining == 0.0:
             return False
-        _poll_fd(inotify.fileno(), remaining)
+        poller.poll(None if remaining is None else math.ceil(remaining * 1000))
+        if wake_fd is not None:
+            drain_pipe(wake_fd)  # the handlers ran; their flags say what the signals asked for
         for event in inotify.read_events():
             if event.mask & IN_IGNORED:  # the directory went away; re-derive the watch
                 watches.pop(event.wd, None)
+
+
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking pipe empty (the signal wake-up pipe: its bytes only wake a poll)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _wait_by_polling(path: str, deadline: Optional[float]) -> bool:

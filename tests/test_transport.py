@@ -367,6 +367,26 @@ def test_wait_for_device_without_inotify_still_works(tmp_path, monkeypatch):
     thread.join()
 
 
+def test_wait_for_device_wakes_on_the_signal_pipe_and_drains_it(tmp_path):
+    """A signal that lands just before the poll starts does not interrupt it; its byte on the
+    wake-up pipe does (the daemon's SIGTERM then ends the wait at once). The byte is drained, so
+    a SIGHUP during the wait does not turn it into a busy loop, and the wait goes on."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.write(w, b"\x0f")  # what signal.set_wakeup_fd writes for a signal
+        path = str(tmp_path / "hv_kvp")
+        assert transport.wait_for_device(path, timeout=0.2, wake_fd=r) is False
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)  # drained
+        thread = _create_later(path, 0.1)
+        os.write(w, b"\x01")
+        assert transport.wait_for_device(path, timeout=30, wake_fd=r) is True
+        thread.join()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # --------------------------------------------------------------------------- process name
 
 _NAME_PROBE = """
