@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Optional
 
-from . import transport
+from . import devicewait, transport
 from .handler import Handler, Outcome
 from .hostwrites import HostWriteLog
 from .protocol import HV_E_FAIL, OP_NAMES, encode_status
@@ -97,7 +97,7 @@ class Daemon:
             try:
                 if self.stopping:
                     raise _StopWhileWaiting
-                found = transport.wait_for_device(device, wait, self._wakeup_r)
+                found = devicewait.wait_for_device(device, wait, self._wakeup_r)
             finally:
                 self._awaiting_device = False
             if not found:
@@ -259,7 +259,7 @@ class Daemon:
         ready = False
         for fd, _mask in events:
             if fd == self._wakeup_r:
-                transport.drain_pipe(fd)
+                devicewait.drain_pipe(fd)
             else:
                 ready = True  # POLLIN, or POLLERR/POLLHUP: the read reports it and we reopen
         return ready

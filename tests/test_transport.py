@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from pykvpd import protocol, transport
+from pykvpd import devicewait, protocol, transport
 from pykvpd.protocol import MSG_SIZE, OP_REGISTER1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,20 +329,20 @@ def _create_later(path: str, delay: float) -> threading.Thread:
 def test_wait_for_device_returns_true_at_once_when_present(tmp_path):
     path = tmp_path / "hv_kvp"
     path.write_bytes(b"")
-    assert transport.wait_for_device(str(path), timeout=0) is True
+    assert devicewait.wait_for_device(str(path), timeout=0) is True
 
 
 def test_wait_for_device_sees_the_file_appear(tmp_path):
     path = str(tmp_path / "hv_kvp")
     thread = _create_later(path, 0.2)
-    assert transport.wait_for_device(path, timeout=30) is True
+    assert devicewait.wait_for_device(path, timeout=30) is True
     thread.join()
 
 
 def test_wait_for_device_follows_missing_parent_directories(tmp_path):
     path = str(tmp_path / "dev" / "vmbus" / "hv_kvp")
     thread = _create_later(path, 0.2)
-    assert transport.wait_for_device(path, timeout=30) is True
+    assert devicewait.wait_for_device(path, timeout=30) is True
     assert os.path.exists(path)
     thread.join()
 
@@ -350,7 +350,7 @@ def test_wait_for_device_follows_missing_parent_directories(tmp_path):
 def test_wait_for_device_ignores_unrelated_files_and_times_out(tmp_path):
     path = str(tmp_path / "vmbus" / "hv_kvp")
     other = _create_later(str(tmp_path / "vmbus" / "hv_vss"), 0.0)
-    assert transport.wait_for_device(path, timeout=0.3) is False
+    assert devicewait.wait_for_device(path, timeout=0.3) is False
     other.join()
     assert not os.path.exists(path)
 
@@ -359,11 +359,11 @@ def test_wait_for_device_without_inotify_still_works(tmp_path, monkeypatch):
     def no_inotify():
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(transport, "Inotify", no_inotify)
+    monkeypatch.setattr(devicewait, "Inotify", no_inotify)
     path = str(tmp_path / "hv_kvp")
-    assert transport.wait_for_device(path, timeout=0.1) is False
+    assert devicewait.wait_for_device(path, timeout=0.1) is False
     thread = _create_later(path, 0.1)
-    assert transport.wait_for_device(path, timeout=30) is True
+    assert devicewait.wait_for_device(path, timeout=30) is True
     thread.join()
 
 
@@ -375,12 +375,12 @@ def test_wait_for_device_wakes_on_the_signal_pipe_and_drains_it(tmp_path):
     try:
         os.write(w, b"\x0f")  # what signal.set_wakeup_fd writes for a signal
         path = str(tmp_path / "hv_kvp")
-        assert transport.wait_for_device(path, timeout=0.2, wake_fd=r) is False
+        assert devicewait.wait_for_device(path, timeout=0.2, wake_fd=r) is False
         with pytest.raises(BlockingIOError):
             os.read(r, 1)  # drained
         thread = _create_later(path, 0.1)
         os.write(w, b"\x01")
-        assert transport.wait_for_device(path, timeout=30, wake_fd=r) is True
+        assert devicewait.wait_for_device(path, timeout=30, wake_fd=r) is True
         thread.join()
     finally:
         os.close(r)
