@@ -775,7 +775,7 @@ def test_guest_view_decodes_records_cut_at_nul():
 
 
 def test_parse_value_types():
-    from pykvpd.simulator.scenario import CommandError, parse_value
+    from pykvpd.simulator.words import CommandError, parse_value
 
     assert parse_value("plain") == "plain"
     assert parse_value("u32:42") == RegValue(42, p.REG_U32)
@@ -788,7 +788,7 @@ def test_parse_value_types():
 
 
 def test_parse_pool_names_and_numbers():
-    from pykvpd.simulator.scenario import CommandError, parse_pool
+    from pykvpd.simulator.words import CommandError, parse_pool
 
     assert [parse_pool(w) for w in ("0", "guest", "AUTO", "auto-external", "255")] == [
         0,
@@ -823,8 +823,8 @@ def test_load_scenario_line_and_json_formats():
 
 
 def test_control_requests_in_three_shapes():
-    from pykvpd.simulator.scenario import CommandError
     from pykvpd.simulator.serve import parse_control_request
+    from pykvpd.simulator.words import CommandError
 
     assert parse_control_request("\"add K 'v w'\"") == ["add", "K", "v w"]
     assert parse_control_request('["add", "K", 5]') == ["add", "K", "5"]

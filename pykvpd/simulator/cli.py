@@ -14,9 +14,10 @@ from typing import IO, List, Optional
 from pykvpd.simulator.demo import KERNEL_EVENTS, run_demo
 from pykvpd.simulator.kernel import DEFAULT_TIMEOUT, Event
 from pykvpd.simulator.runner import DaemonFailed, SimulatedGuest
-from pykvpd.simulator.scenario import CommandError, Quit, Session, load_scenario
+from pykvpd.simulator.scenario import Session, load_scenario
 from pykvpd.simulator.serve import serve
 from pykvpd.simulator.transcript import Transcript
+from pykvpd.simulator.words import CommandError, Quit
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,17 +9,25 @@ command list; ``HELP`` below is its summary.
 from __future__ import annotations
 
 import json
-import shlex
 import signal
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from pykvpd import protocol as p
 from pykvpd.simulator.guestview import read_pool
-from pykvpd.simulator.host import Host, HostError, Item, RegValue, Value
+from pykvpd.simulator.host import Host, HostError, Item, Value
 from pykvpd.simulator.messages import status_name
 from pykvpd.simulator.runner import SimulatedGuest, run_guest_tool
 from pykvpd.simulator.transcript import Transcript, items_data, items_table, records_lines
+from pykvpd.simulator.words import (
+    CommandError,
+    Quit,
+    parse_pairs,
+    parse_pool,
+    parse_value,
+    show_value,
+    split_command,
+)
 
 HELP = """\
 host side (the word "host" in front is optional):
@@ -46,74 +54,9 @@ checks (a failed check makes the scenario exit 1):
 daemon (scenarios only): daemon stop | start | restart | kill
 other: wait [SECONDS] (for a registered daemon), sleep SECONDS, help, quit"""
 
-POOL_WORDS = {
-    "external": p.POOL_EXTERNAL,
-    "guest": p.POOL_GUEST,
-    "auto": p.POOL_AUTO,
-    "auto-external": p.POOL_AUTO_EXTERNAL,
-    "auto-internal": p.POOL_AUTO_INTERNAL,
-}
-
 Result = Dict[str, Any]
 
 SHOWN_PARAMETERS = ("HostName", "VirtualMachineName", "VirtualMachineId")
-
-
-class CommandError(ValueError):
-    """A command that cannot run as written (usage error)."""
-
-
-class Quit(Exception):
-    """The ``quit`` command."""
-
-
-def parse_pool(word: str) -> int:
-    if word.lower() in POOL_WORDS:
-        return POOL_WORDS[word.lower()]
-    try:
-        number = int(word, 0)
-    except ValueError:
-        raise CommandError(f"not a pool: {word!r}") from None
-    if not 0 <= number <= 255:
-        raise CommandError(f"pool {number} is not a byte")
-    return number
-
-
-def parse_value(word: str) -> Value:
-    """``u32:N``/``u64:N``/``type:T:N`` for typed values, ``str:...`` to quote, else a string."""
-    kind, _, rest = word.partition(":")
-    try:
-        if kind == "u32":
-            return RegValue(int(rest, 0), p.REG_U32)
-        if kind == "u64":
-            return RegValue(int(rest, 0), p.REG_U64)
-        if kind == "type":
-            type_text, _, raw = rest.partition(":")
-            value: Union[str, int] = int(raw, 0) if raw.lstrip("-").isdigit() else raw
-            return RegValue(value, int(type_text, 0))
-    except ValueError:
-        raise CommandError(f"bad typed value {word!r}") from None
-    if kind == "str":
-        return rest
-    return word
-
-
-def parse_pairs(words: Sequence[str]) -> Dict[str, Value]:
-    if not words or len(words) % 2:
-        raise CommandError("expected KEY VALUE pairs")
-    return {words[i]: parse_value(words[i + 1]) for i in range(0, len(words), 2)}
-
-
-def split_command(line: Union[str, Sequence[str]]) -> List[str]:
-    if isinstance(line, str):
-        return shlex.split(line, comments=True)
-    return [str(w) for w in line]
-
-
-def show_value(value: Value) -> str:
-    if isinstance(value, RegValue):
-        return f"{value.value} (type {value.value_type})"
-    return str(value)
 
 
 class Session:

@@ -22,9 +22,10 @@ from typing import IO, Any, List, Optional
 
 from pykvpd.simulator.host import Host
 from pykvpd.simulator.kernel import DEFAULT_TIMEOUT, Event, FakeKernel
-from pykvpd.simulator.scenario import CommandError, Quit, Session, split_command
+from pykvpd.simulator.scenario import Session
 from pykvpd.simulator.transcript import Transcript
 from pykvpd.simulator.unixsocket import listen_unix
+from pykvpd.simulator.words import CommandError, Quit, split_command
 
 SHOWN_EVENTS = {"open", "register", "close", "timeout", "busy", "conversion-failed"}
 
