@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -31,3 +33,15 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
             if not reason:
                 raise pytest.UsageError(f"{item.nodeid}: main_run_only needs a reason")
             item.add_marker(pytest.mark.skip(reason=f"main run only: {reason}"))
+
+
+@pytest.fixture(scope="module")
+def deb() -> str:
+    """The pykvpd .deb that the real-systemd tests install into a booted container."""
+    import nspawn
+
+    nspawn.require()
+    try:
+        return nspawn.build_deb()
+    except nspawn.DebBuildUnavailable as exc:
+        pytest.fail(f"cannot build the .deb the container tests install: {exc}")

@@ -22,15 +22,6 @@ from systemd_guest import ALIASES, DEVICE, UNIT, Guest, waagent_sees_kvp_daemon,
 
 
 @pytest.fixture(scope="module")
-def deb() -> str:
-    nspawn.require()
-    try:
-        return nspawn.build_deb()
-    except nspawn.DebBuildUnavailable as exc:
-        pytest.fail(f"cannot build the .deb the container tests install: {exc}")
-
-
-@pytest.fixture(scope="module")
 def guest(deb):
     """One booted container with the package installed (started by its postinst)."""
     with nspawn.Container(nspawn.rootfs(include=("hyperv-daemons",))) as ct:

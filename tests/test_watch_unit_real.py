@@ -13,18 +13,8 @@ from __future__ import annotations
 import re
 
 import nspawn
-import pytest
 from systemd_guest import Guest, wait_for
 from test_watch_unit import doc_block
-
-
-@pytest.fixture(scope="module")
-def deb() -> str:
-    nspawn.require()
-    try:
-        return nspawn.build_deb()
-    except nspawn.DebBuildUnavailable as exc:
-        pytest.fail(f"cannot build the .deb the container tests install: {exc}")
 
 
 def install_hook(ct: nspawn.Container, key: str, text: str) -> None:
