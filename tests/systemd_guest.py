@@ -16,6 +16,7 @@ Everything asserted is what a person at the console sees: ``systemctl show``/``s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -122,6 +123,16 @@ class Guest:
 
     def systemctl(self, *args: str) -> str:
         return self.ct.run(["systemctl", *args]).stdout
+
+    def runtime_dropin(self, name: str, text: str) -> str:
+        """A drop-in for pykvpd.service in /run (gone at reboot), then daemon-reload; its path
+        inside the container (the caller removes it with ``os.remove(ct.path(...))``)."""
+        dropin = f"/run/systemd/system/{UNIT}.d/{name}"
+        self.ct.run(["mkdir", "-p", os.path.dirname(dropin)])
+        with open(self.ct.path(dropin), "w") as f:
+            f.write(text)
+        self.systemctl("daemon-reload")
+        return dropin
 
     def ps_ef(self) -> List[str]:
         return self.ct.run(["ps", "-ef"]).stdout.splitlines()

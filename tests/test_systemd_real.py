@@ -110,11 +110,9 @@ def test_waagent_2_7_3_own_check_finds_the_daemon(guest):
 def test_ps_ef_name_also_when_started_as_pykvpd(guest):
     """An admin's drop-in starting /usr/bin/pykvpd: one exec in place, same name in ps -ef."""
     g = guest
-    dropin = "/run/systemd/system/pykvpd.service.d/exec.conf"
-    g.ct.run(["mkdir", "-p", os.path.dirname(dropin)])
-    with open(g.ct.path(dropin), "w") as f:
-        f.write("[Service]\nExecStart=\nExecStart=/usr/bin/pykvpd -n --wait-device 10\n")
-    g.systemctl("daemon-reload")
+    dropin = g.runtime_dropin(
+        "exec.conf", "[Service]\nExecStart=\nExecStart=/usr/bin/pykvpd -n --wait-device 10\n"
+    )
     old = g.main_pid()
     g.systemctl("restart", UNIT)
     pid = g.wait_active(old_pid=old)
@@ -257,11 +255,7 @@ def test_watchdog_kills_a_stopped_daemon_and_systemd_restarts_it(guest):
     """SIGSTOP: no keep-alive; systemd's watchdog fires, kills and restarts. WatchdogSec is cut
     to 3 s by a runtime drop-in for this check only (30 s shipped: the same mechanism)."""
     g = guest
-    dropin = "/run/systemd/system/pykvpd.service.d/watchdog.conf"
-    g.ct.run(["mkdir", "-p", os.path.dirname(dropin)])
-    with open(g.ct.path(dropin), "w") as f:
-        f.write("[Service]\nWatchdogSec=3\n")
-    g.systemctl("daemon-reload")
+    dropin = g.runtime_dropin("watchdog.conf", "[Service]\nWatchdogSec=3\n")
     g.systemctl("restart", UNIT)
     pid = g.wait_active()
     before = int(g.show(UNIT, "NRestarts")["NRestarts"])
