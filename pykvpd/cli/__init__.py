@@ -1,47 +1,31 @@
 """``kvp``: read, write, watch and check the KVP pool files from the shell.
 
-A thin layer of argument parsing (``parser``), output formatting (``output``) and exit codes
-(``errors``) over ``pools`` (format, locking, crash safety), ``events`` (split events, chunks,
-fsck, batch writes) and ``watch`` (inotify events and hooks); one module per command in
-``commands/``, imported only when that command runs. Exit codes: 0 ok, 1 not found / timeout /
-not stale / problems left, 2 usage or validation, 3 I/O or lock. See docs/kvp.md for the
-synopsis and the ``--json`` schema.
+A thin layer of argument parsing (``quickargs`` for the everyday get/set lines, ``parser`` for
+everything else), messages (``console``), output formatting (``output``) and exit codes
+(``errors``) over ``store`` (format, locking, crash safety, chunks, fsck) and ``watch`` (inotify
+events and hooks); one module per command in ``commands/``, imported only when that command
+runs. A ``kvp get`` imports neither argparse nor logging (benchmarks/bench_cli.py). Exit
+codes: 0 ok, 1 not found / timeout / not stale / problems left, 2 usage or validation, 3 I/O or
+lock. See docs/kvp.md for the synopsis and the ``--json`` schema.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
 import os
 import sys
-from typing import List, Optional, Sequence
 
-from ..store import LockTimeout, PoolError, RecordTooLarge
+from ..store.errors import LockTimeout, PoolError, RecordTooLarge
+from . import commands, quickargs
 from .commands import COMMANDS
+from .console import log
 from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CliError
 from .output import SCHEMA_VERSION, Output, json_line
-from .parser import parse_args
-from .signals import sigterm_exits
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence
 
 __all__ = ["COMMANDS", "main"]
-
-log = logging.getLogger("kvp")
-
-
-def _setup_logging(args: Optional[argparse.Namespace]) -> None:
-    level = logging.WARNING
-    if args is not None:
-        level = logging.ERROR if args.quiet else (logging.INFO if args.verbose else level)
-        if args.verbose and args.verbose > 1:
-            level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("kvp: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    if args is not None and args.command in ("dump", "fsck"):
-        logging.getLogger("pykvpd.store").setLevel(logging.ERROR)  # we report damage ourselves
 
 
 def _permission_hint(message: str) -> str:
@@ -52,15 +36,19 @@ def _permission_hint(message: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kvp``; returns the exit status (never raises except KeyboardInterrupt handling)."""
-    _setup_logging(None)
+    log.configure(0, False)
     argv = sys.argv[1:] if argv is None else list(argv)
     as_json = _asks_json(argv)
     try:
-        args, command = parse_args(argv)
+        parsed = quickargs.parse(argv, commands.load)
+        if parsed is None:
+            from .parser import parse_args
+
+            parsed = parse_args(argv)
+        args, command = parsed
         as_json = args.json
-        _setup_logging(args)
-        with sigterm_exits():
-            return command.run(args, Output())
+        log.configure(args.verbose, args.quiet, store_quiet=args.command in ("dump", "fsck"))
+        return command.run(args, Output())
     except CliError as exc:
         return _fail(str(exc), exc.code, as_json)
     except SystemExit as exc:  # --help, --version from argparse; SIGTERM
@@ -76,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             message = f"{name}: {message}"
         return _fail(_permission_hint(message), EXIT_IO, as_json)
     except BrokenPipeError:
+        import contextlib  # here, not at the top: kvp's start-up is measured (bench_cli.py)
+
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

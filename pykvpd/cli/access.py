@@ -7,11 +7,7 @@ errors into messages that say what to do (exit 3).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ..store import (
     DEFAULT_POOL_DIR,
@@ -23,9 +19,14 @@ from ..store import (
     PoolFile,
     PoolImage,
 )
+from .console import log
 from .errors import EXIT_IO, CliError, usage
 
-log = logging.getLogger("kvp")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from types import TracebackType
+    from typing import Any, Dict, Iterator, Optional, Tuple, Type
 
 GET_ORDER = (0, 3, 1, 2, 4)  # host data first: external, auto-external, guest, auto, auto-internal
 ALL_POOLS = tuple(range(POOL_COUNT))
@@ -52,54 +53,79 @@ def open_dir(args: argparse.Namespace, create: bool = False, writable: bool = Fa
     )
 
 
-@contextlib.contextmanager
-def reading(args: argparse.Namespace, writable: bool = False) -> Iterator[PoolDir]:
-    """The pool directory (read-only unless ``writable``); exit 3 if it is missing or this
-    user may not enter it."""
-    pools = open_dir(args, writable=writable)
-    try:
+class reading:
+    """``with reading(args) as pools``: the pool directory (read-only unless ``writable``),
+    closed after; exit 3 if it is missing or this user may not enter it.
+
+    This and ``writing`` are classes rather than ``@contextmanager`` functions so that
+    ``kvp get`` does not import contextlib (its start-up is measured: bench_cli.py).
+    """
+
+    def __init__(self, args: argparse.Namespace, writable: bool = False) -> None:
+        self.pools = open_dir(args, writable=writable)
+
+    def __enter__(self) -> PoolDir:
         try:
-            pools.exists(GUEST)  # the store raises for a missing or forbidden directory
+            self.pools.exists(GUEST)  # the store raises for a missing or forbidden directory
         except PoolDirMissing:
-            raise CliError(f"{pools.directory}: no such pool directory", EXIT_IO) from None
-        yield pools
-    finally:
-        pools.close()
+            self.pools.close()
+            raise CliError(f"{self.pools.directory}: no such pool directory", EXIT_IO) from None
+        except BaseException:
+            self.pools.close()
+            raise
+        return self.pools
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.pools.close()
 
 
-@contextlib.contextmanager
-def writing(args: argparse.Namespace, number: int) -> Iterator[PoolFile]:
-    """Pool ``number`` opened for writing (created if missing), or exit 3 saying what it needs.
+class writing:
+    """``with writing(args, number) as pool``: pool ``number`` opened for writing (created if
+    missing), or exit 3 saying what it needs; an OSError without a file name gets the pool's.
 
     The directory must exist: ``kvp`` never creates ``/var/lib/hyperv`` (a typo in --dir
     would otherwise make a new directory). A write to a pool the host writes is allowed but
     warned about: the host replaces that pool's contents.
     """
-    with reading(args):
-        pass
-    if number in HOST_WRITTEN:
-        log.warning(
-            "pool %d (%s) is written by the host, which may overwrite or remove this change",
-            number,
-            POOL_LABELS[number],
-        )
-    pools = open_dir(args, create=True)
-    pool = pools.pool(number)
-    try:
+
+    def __init__(self, args: argparse.Namespace, number: int) -> None:
+        with reading(args):
+            pass
+        if number in HOST_WRITTEN:
+            log.warning(
+                "pool %d (%s) is written by the host, which may overwrite or remove this change",
+                number,
+                POOL_LABELS[number],
+            )
+        self.pools = open_dir(args, create=True)
+        self.number = number
+        self.path = self.pools.path(number)
+
+    def __enter__(self) -> PoolFile:
         try:
-            pool.ensure_exists()  # also completes a change a killed writer left in the journal
-        except PermissionError:
-            who = "write access" if os.geteuid() == 0 else "root"
-            raise CliError(
-                f"{pool.path}: permission denied; writing a pool needs {who} (try sudo)", EXIT_IO
-            ) from None
-        yield pool
-    except OSError as exc:
-        if not exc.filename:
-            exc.filename = pool.path  # e.g. ENOSPC from a write: say which file
-        raise
-    finally:
-        pools.close()
+            pool = self.pools.pool(self.number)
+            try:
+                pool.ensure_exists()  # also completes a change a killed writer left in the journal
+            except PermissionError:
+                who = "write access" if os.geteuid() == 0 else "root"
+                raise CliError(
+                    f"{pool.path}: permission denied; writing a pool needs {who} (try sudo)",
+                    EXIT_IO,
+                ) from None
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return pool
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = self.path  # e.g. ENOSPC from a write: say which file
+        self.pools.close()
 
 
 def read_image(pools: PoolDir, number: int) -> Optional[PoolImage]:

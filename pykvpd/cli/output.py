@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Dict, List, Optional, Tuple
 
 SCHEMA_VERSION = 2  # 2: records always a list, findings objects, get/wait answer when not found
 

@@ -1,9 +1,10 @@
-"""``kvp`` argument parsing: the common options, then the command's own, in two stages.
+"""``kvp`` argument parsing with argparse: every form of every command, --help, the errors.
 
 The first stage reads the options given before the command and the command's name; only then
 is the command's module imported to add its own options (pip's ``commands/`` model), so
 ``kvp get`` never imports what ``kvp watch`` needs. Common options are accepted before and
-after the command (``kvp --pool 0 get K`` or ``kvp get K -p 0``); those after it win.
+after the command (``kvp --pool 0 get K`` or ``kvp get K -p 0``); those after it win. The
+everyday ``get``/``set`` lines are read by ``quickargs`` instead, which does not need argparse.
 """
 
 from __future__ import annotations
@@ -15,23 +16,11 @@ from types import ModuleType
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
-from ..store import DEFAULT_POOL_DIR, pool_number
 from . import commands
 from .errors import usage
-from .validate import seconds
+from .options import COMMON, finish
 
-_COMMON_DEFAULTS: Dict[str, Any] = {
-    "dir": None,
-    "root": None,
-    "pool": [],
-    "json": False,
-    "null": False,
-    "raw": False,
-    "unsafe": False,
-    "lock_timeout": 20.0,
-    "verbose": 0,
-    "quiet": False,
-}
+_ACTIONS = {"value": "store", "flag": "store_true", "append": "append", "count": "count"}
 
 DESCRIPTION = "Read, write, watch and check Hyper-V KVP pools (/var/lib/hyperv)."
 EPILOG = "Exit status: 0 ok, 1 not found/timeout, 2 usage or validation, 3 I/O or lock."
@@ -70,24 +59,23 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         add_help=False, argument_default=argparse.SUPPRESS, formatter_class=_Formatter
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--dir", metavar="DIR", help=f"pool directory (default {DEFAULT_POOL_DIR})")
-    where.add_argument("--root", metavar="ROOT", help="offline image: use ROOT/var/lib/hyperv")
-    p.add_argument(
-        "-p",
-        "--pool",
-        action="append",
-        metavar="POOL",
-        help="0..4 or external|guest|auto|auto-external|auto-internal; repeat or comma-separate",
-    )
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="JSON output (schema in docs/kvp.md)")
-    out.add_argument("--null", action="store_true", help="NUL-terminated fields")
-    out.add_argument("--raw", action="store_true", help="values exactly as stored, unescaped")
-    p.add_argument("--unsafe", action="store_true", help="allow keys to 511, values to 2047 bytes")
-    p.add_argument("--lock-timeout", type=seconds, metavar="S", help="give up on a lock after S s")
-    p.add_argument("-v", "--verbose", action="count", help="log more (to stderr)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    groups: Dict[str, Any] = {}
+    for option in COMMON:
+        target: Any = p
+        if option.group is not None:
+            if option.group not in groups:
+                groups[option.group] = p.add_mutually_exclusive_group()
+            target = groups[option.group]
+        extra: Dict[str, Any] = {"metavar": option.metavar} if option.metavar else {}
+        if option.type is not None:
+            extra["type"] = option.type
+        target.add_argument(
+            *option.flags,
+            dest=option.dest,
+            action=_ACTIONS[option.kind],
+            help=option.help,
+            **extra,
+        )
     return p
 
 
@@ -148,22 +136,5 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Modul
     args = argparse.Namespace(**{k: v for k, v in vars(top).items() if k != "rest"})
     for name, value in vars(own).items():
         setattr(args, name, value)
-    for name, default in _COMMON_DEFAULTS.items():
-        if not hasattr(args, name):
-            setattr(args, name, list(default) if isinstance(default, list) else default)
-    if sum(bool(x) for x in (args.json, args.null, args.raw)) > 1:
-        raise usage("use only one of --json, --null and --raw")
-    for form in ("json", "null", "raw"):
-        if getattr(args, form) and form not in module.FORMATS:
-            raise usage(f"--{form} does not apply to '{top.command}'")
-    pools: List[int] = []
-    for item in args.pool:
-        parts = [part.strip() for part in item.split(",")]
-        if not all(parts):
-            raise usage(f"--pool {item!r} names an empty pool (an unset variable?)")
-        try:
-            pools.extend(pool_number(part) for part in parts)
-        except ValueError as exc:
-            raise usage(str(exc)) from None
-    args.pools = list(dict.fromkeys(pools))
+    finish(args, top.command, module)
     return args, module

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from typing import Tuple
 
 from ..store import (
     KEY_SIZE,
@@ -16,6 +14,11 @@ from ..store import (
     check_field,
 )
 from .errors import usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Tuple
 
 UNSAFE_KEY_BYTES = KEY_SIZE - 1
 UNSAFE_VALUE_BYTES = VALUE_SIZE - 1
@@ -52,18 +55,26 @@ def check_key(args: argparse.Namespace, key: str) -> bytes:
     return checked(raw, "key", limits(args)[0], args.unsafe)
 
 
+def _refused(message: str) -> Exception:
+    """The error a value check raises: argparse prints its message as the option's error.
+    argparse is imported only here, for a refused value (kvp get/set never import it)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 def seconds(text: str) -> float:
     """A duration: a finite, non-negative number of seconds, at most a year."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise _refused(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+        raise _refused(f"{text!r} is not a finite number of seconds")
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
+        raise _refused(f"{text} is negative")
     if value > _MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"{text} s is more than a year")
+        raise _refused(f"{text} s is more than a year")
     return value
 
 
@@ -71,7 +82,7 @@ def run_limit(text: str) -> float:
     """A per-run limit: a duration above zero (0 would stop every run at once)."""
     value = seconds(text)
     if value == 0:
-        raise argparse.ArgumentTypeError("0 would stop every run at once")
+        raise _refused("0 would stop every run at once")
     return value
 
 
@@ -80,9 +91,9 @@ def count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise _refused(f"{text!r} is not a whole number") from None
     if not 1 <= value <= 10**9:
-        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1000000000")
+        raise _refused(f"{text} is not between 1 and 1000000000")
     return value
 
 
@@ -91,4 +102,4 @@ def byte_size(text: str) -> int:
     try:
         return int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+        raise _refused(f"{text!r} is not a whole number of bytes") from None

@@ -8,8 +8,11 @@ refused rather than ignored).
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
-from typing import Dict, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Dict, Tuple
 
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "list": ("list", "list records (default: every pool)"),

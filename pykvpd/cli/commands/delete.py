@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from ... import store
 from ...store import POOL_LABELS
 from ..access import one_pool, reading, writing
+from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import SCHEMA_VERSION, Output, escape, text
 from ..validate import check_key
-
-log = logging.getLogger("kvp")
-
 
 FORMATS = ("json",)
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 from ... import store
 from ...store import POOL_LABELS
 from ..access import GET_ORDER, first_values, read_image, reading
+from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import Output, emit_value, escape, lookup_json, text
 from ..validate import check_key
 
-log = logging.getLogger("kvp")
-
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 FORMATS = ("json", "null", "raw")
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from ... import store
 from ...store import POOL_LABELS, POOL_NAMES
 from ..access import ALL_POOLS, read_image, reading, valid_records
+from ..console import log
 from ..errors import EXIT_OK
 from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
-
-log = logging.getLogger("kvp")
-
 
 # fsck kinds of the records (and partial tail) a reader leaves out
 AUTO = POOL_NAMES["auto"]

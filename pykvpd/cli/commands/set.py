@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-from typing import Any, Dict
 
 from ... import store
 from ...store import POOL_LABELS
 from ..access import one_pool, writing
+from ..console import log
 from ..errors import EXIT_OK, usage
 from ..output import SCHEMA_VERSION, Output, escape, text
 from ..validate import arg_bytes, byte_size, check_key, checked, limits
 
-log = logging.getLogger("kvp")
-
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Dict
 
 FORMATS = ("json", "raw")  # --raw: keep stdin byte for byte
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from ...store import DEFAULT_POOL_DIR
 from ...watch import PoolWatcher, wait_for
 from ..access import GET_ORDER
+from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
 from ..output import Output, emit_value, escape, lookup_json, text
 from ..validate import check_key, seconds
-
-log = logging.getLogger("kvp")
-
 
 FORMATS = ("json", "null", "raw")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from typing import Any, Callable, Dict, Optional
@@ -12,12 +11,11 @@ from ...hooks import HookError, HookRunner, resolve_command
 from ...store import DEFAULT_POOL_DIR, POOL_LABELS
 from ...watch import OPS, Change, PoolWatcher, absent_initial, key_filter
 from ..access import ALL_POOLS
+from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK, CliError, usage
 from ..output import SCHEMA_VERSION, Output, escape
-from ..signals import sigint_stops
+from ..signals import sigint_stops, sigterm_exits
 from ..validate import count, run_limit, seconds
-
-log = logging.getLogger("kvp")
 
 EXIT_HOOK_FAILED = 4  # --exit-on-failure: a run of the --exec command failed
 
@@ -147,7 +145,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         root=args.root,
     )
     try:
-        with sigint_stops():
+        with sigterm_exits(), sigint_stops():  # both stop a running hook too
             return _follow(args, watcher, emit, left)
     except TimedOut:
         if not args.quiet:
