@@ -6,9 +6,13 @@ with the module's own encoder), so a format drift cannot hide behind a round tri
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import pickle
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import List, Tuple
 
@@ -26,6 +30,7 @@ from pykvpd.store import (
 from pykvpd.store import journal as J
 
 RS = 2560
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def R(key: bytes, value: bytes) -> bytes:
@@ -108,6 +113,30 @@ def test_decode_pool_splits_records_and_trailing():
     assert image.trailing == b"tail"
     assert image.problems == ["partial record of 4 bytes at offset 5120"]
     assert P.decode_pool(b"").records == () and P.decode_pool(b"").trailing == b""
+
+
+def test_record_and_image_behave_as_the_named_tuples_they_were():
+    """Written out as tuple subclasses (no typing/collections at start-up), they still unpack,
+    index, compare and hash as tuples, default ``problem`` to None and show their fields."""
+    rec = Record(b"k", b"v")
+    key, value, problem = rec
+    assert (key, value, problem) == (rec[0], rec[1], rec[2]) == (b"k", b"v", None)
+    assert rec == (b"k", b"v", None) and hash(rec) == hash((b"k", b"v", None)) and len(rec) == 3
+    assert Record(key=b"k", value=b"v", problem="bad") == (b"k", b"v", "bad")
+    assert repr(rec) == "Record(key=b'k', value=b'v', problem=None)"
+    assert rec.valid and rec.text_key == "k" and rec.text_value == "v"
+    image = P.PoolImage((rec,), b"")
+    records, trailing = image
+    assert records == (rec,) and trailing == b"" and image.problems == []
+    assert repr(image) == (
+        "PoolImage(records=(Record(key=b'k', value=b'v', problem=None),), trailing=b'')"
+    )
+    assert pickle.loads(pickle.dumps(image)) == image
+    assert type(copy.deepcopy(rec)) is Record
+    with pytest.raises(AttributeError):
+        rec.key = b"other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        rec.extra = 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -260,7 +289,11 @@ def test_delete_never_moves_a_duplicate_in_front_of_its_key(pf, pool_path):
     assert pf.delete("a") is True
     assert pool_path.read_bytes() == R(b"k", b"1") + R(b"k", b"2") + R(b"b", b"") + R(b"k", b"3")
     assert [pf.get("k"), pf.delete("k"), pf.get("k"), pf.delete("k"), pf.get("k")] == [
-        b"1", True, b"2", True, b"3"
+        b"1",
+        True,
+        b"2",
+        True,
+        b"3",
     ]
     assert pf.delete("k") is True and pf.get("k") is None
     assert pool_path.read_bytes() == R(b"b", b"")
@@ -894,3 +927,62 @@ def test_read_only_reader_ignores_a_stale_journal(pool_path):
     reader = PoolFile(str(pool_path), writable=False)
     assert [r.key for r in reader.records()] == [b"ci"]
     reader.close()
+
+
+# --------------------------------------------------------------------------- start-up cost
+
+# What ``kvp get``/``kvp set`` do with the store (cli/access.py), then a read of a damaged pool.
+_ONE_SHOT = """
+import sys
+import pykvpd.store as s
+
+directory = sys.argv[1]
+pools = s.PoolDir(directory, create=True, writable=True)
+pools.exists(1)
+pool = pools.pool(1)
+pool.ensure_exists()
+pool.set(b"k", b"v")
+print(pool.image())
+pools.close()
+reader = s.PoolDir(directory, writable=False)
+reader.exists(1)
+print(reader.pool(1).image().records)
+reader.close()
+print(sorted(m for m in sys.argv[2].split() if m in sys.modules))
+with open(directory + "/.kvp_pool_2", "wb") as f:
+    f.write(b"k" * s.RECORD_SIZE)  # a key without its NUL
+damaged = s.PoolDir(directory, writable=False)
+print(len(damaged.pool(2).image().records), "logging" in sys.modules)
+damaged.close()
+"""
+_HEAVY = (
+    "typing logging contextlib functools collections re enum signal threading weakref json "
+    "argparse traceback string locale gettext dataclasses inspect"
+)
+
+
+def test_one_get_or_set_imports_no_heavy_stdlib_module(tmp_path: Path):
+    """A get or set through the store imports none of the modules that made ``kvp get`` three
+    times ``python3 -c pass`` (benchmarks/bench_cli.py); a damaged pool's warning still reaches
+    stderr, through logging imported only then (its last-resort handler).
+
+    ``-S``: the .pth hooks of site-packages (an editable install's finder) import some of those
+    modules before any program runs; the store is imported from the source tree instead.
+    """
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _ONE_SHOT, str(tmp_path), _HEAVY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert done.stdout.splitlines() == [
+        "PoolImage(records=(Record(key=b'k', value=b'v', problem=None),), trailing=b'')",
+        "(Record(key=b'k', value=b'v', problem=None),)",
+        "[]",
+        "1 True",
+    ]
+    assert (
+        f"{tmp_path}/.kvp_pool_2 is damaged, serving the valid records: record 0: key has no NUL"
+        in done.stderr
+    )

@@ -33,9 +33,6 @@ and a plain get must not pay for fsck, telemetry, chunks or staleness it never t
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, List
-
 from .errors import (  # noqa: F401 - re-exported
     InvalidRecord,
     LockTimeout,
@@ -57,7 +54,6 @@ from .records import (  # noqa: F401 - re-exported
     VALUE_SIZE,
     PoolImage,
     Record,
-    Text,
     check_field,
     check_sizes,
     decode_pool,
@@ -67,6 +63,12 @@ from .records import (  # noqa: F401 - re-exported
     pool_number,
     validate,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, List
+
+    from .records import Text  # at run time: __getattr__ (typing only for whoever asks)
 
 # Where each lazily imported name lives: its module is imported the first time it is asked for.
 _LAZY = {
@@ -102,19 +104,29 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Import the module that defines ``name`` on first use and keep the name (PEP 562)."""
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    """Import the module that defines ``name`` on first use and keep the name (PEP 562).
+
+    ``Text``, the type of a key or value given as str or bytes, is made here: a module-level
+    ``Union`` in ``records`` would import typing for every ``kvp get``.
+    """
+    if name == "Text":
+        from typing import Union
+
+        value: Any = Union[str, bytes]
+    else:
+        try:
+            module = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        # __import__ rather than importlib.import_module: importlib imports warnings.
+        value = getattr(__import__(f"{__name__}.{module}", fromlist=[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> List[str]:
     """List the lazy names too, so that ``dir()`` and completion show the whole API."""
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"Text"})
 
 
 __all__ = [

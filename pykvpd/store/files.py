@@ -16,9 +16,12 @@ import os
 import stat
 import struct
 import time
-from typing import List, Optional
 
 from .errors import PoolDirMissing, PoolError, PoolPermissionError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SYS_OPENAT2 = 437  # the same number on every architecture Linux has added it to (5.6+)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import select
-from typing import Dict, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional
 
 
 class DirWatch:

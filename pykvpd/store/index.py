@@ -15,10 +15,13 @@ same after any sequence of changes.
 from __future__ import annotations
 
 import bisect
-from typing import Dict, List, Optional, Set, Tuple
 
-# One move of a DELETE: the record in slot ``src`` is written to slot ``dst``.
-Move = Tuple[int, int]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Set, Tuple
+
+    # One move of a DELETE: the record in slot ``src`` is written to slot ``dst``.
+    Move = Tuple[int, int]
 
 
 class PoolIndex:

@@ -10,24 +10,28 @@ A journal is replayed only onto a file nobody else has touched since the crash.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 import zlib
-from typing import List, Optional, Sequence, Tuple
 
+from ..lazylog import LazyLogger
 from .errors import PoolError
 from .files import pwrite_all, read_all
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Tuple
+
+    # One write of a change: (offset, new bytes, the bytes that were there before, possibly
+    # shorter).
+    Write = Tuple[int, bytes, bytes]
+
+log = LazyLogger(__name__)
 
 _JOURNAL_MAGIC = b"PYKVPDJ1"
 _JOURNAL_HEAD = struct.Struct("<8sQQI")  # magic, size before, size after, number of writes
 _JOURNAL_WRITE = struct.Struct("<QII")  # offset, length of the new bytes, length of the old bytes
 _CRC = struct.Struct("<I")
-
-# One write of a change: (offset, new bytes, the bytes that were there before, possibly shorter).
-Write = Tuple[int, bytes, bytes]
 
 
 def journal_path(pool_path: str) -> str:

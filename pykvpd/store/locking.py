@@ -13,9 +13,12 @@ import fcntl
 import os
 import struct
 import time
-from typing import Callable
 
 from .errors import LockTimeout, PoolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = struct.Struct("hhxxxxqqi4x")  # struct flock on 64-bit Linux (l_pid must be 0 for OFD)

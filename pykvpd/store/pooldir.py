@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
-from typing import Dict, Optional, Union
 
+from ..lazylog import LazyLogger
 from .errors import PoolError
 from .files import DirHandle, lstat_in
-from .freshness import DirWatch
 from .poolfile import DEFAULT_MODE, PoolFile
 from .records import POOL_COUNT, pool_filename, pool_number
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Union
+
+    from .freshness import DirWatch
+
+log = LazyLogger(__name__)
 
 DEFAULT_POOL_DIR = "/var/lib/hyperv"
 
@@ -50,7 +54,9 @@ class PoolDir:
         if create and root is None:
             _make_dir(directory)
         self._watch: Optional[DirWatch] = None
-        if watch:
+        if watch:  # the daemon's: a one-shot ``kvp get`` does not import freshness
+            from .freshness import DirWatch
+
             try:
                 target = directory if root is None else f"/proc/self/fd/{self._handle.fd()}"
                 self._watch = DirWatch(target)

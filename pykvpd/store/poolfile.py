@@ -9,22 +9,18 @@ changed the file; without one (one-shot tools) every call reloads it under the l
 
 from __future__ import annotations
 
-import logging
 import os
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import journal
+from ..lazylog import LazyLogger
+from . import journal, locking
 from .errors import PoolError
 from .files import DirHandle, read_all, read_at
-from .freshness import DirWatch
-from .handle import OpenPool
+from .handle import Held, OpenPool
 from .index import PoolIndex
 from .records import (
     RECORD_SIZE,
     PoolImage,
     Record,
-    Text,
     as_bytes,
     check_sizes,
     decode_record,
@@ -34,7 +30,14 @@ from .records import (
 )
 from .sidecars import keep_partial
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+    from .freshness import DirWatch
+    from .records import Text
+
+log = LazyLogger(__name__)
 
 DEFAULT_MODE = 0o644
 _BATCH = 64  # records per read while loading the index: 160 KiB, whatever the pool's size
@@ -105,7 +108,7 @@ class PoolFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _locked(self, exclusive: bool):  # noqa: ANN202 - a context manager of the fd
+    def _locked(self, exclusive: bool) -> Held:
         """Both locks on the file at ``path`` now; a watch with no event for the name since we
         last held the lock vouches that it is still the same file."""
         return self._file.locked(exclusive, self._same_as_before, self._forget)
@@ -209,20 +212,26 @@ class PoolFile:
             with self._locked(exclusive=True) as fd:
                 self._recover(fd)
 
-    @contextmanager
-    def _reading(self) -> Iterator[int]:
-        """The shared lock, with the index current.
+    def _reading(self) -> Held:
+        """``with``: the shared lock, with the index current.
 
         With a watch, a journal with no inotify event since we last looked needs no check, and a
         pool with none needs no reload: every writer's ``write()`` queues its event before
         returning. The daemon's GET and ENUMERATE then cost the lock and one ``pread``.
         """
+        return Held(self._lock_for_reading)
+
+    def _lock_for_reading(self) -> int:
         watch = self._watch
         if watch is None or self._snapshot is None or watch.changed(self._journal_name):
             self._recover_if_needed()
-        with self._locked(exclusive=False) as fd:
+        fd = self._file.lock(False, self._same_as_before, self._forget)
+        try:
             self._fresh(fd)
-            yield fd
+        except BaseException:
+            locking.unlock(fd)
+            raise
+        return fd
 
     # ----------------------------------------------------------------- reading
 
@@ -376,18 +385,25 @@ class PoolFile:
             self._snapshot = None  # re-read on next access: the index knows nothing of the edit
             return True
 
-    @contextmanager
-    def _write(self) -> Iterator[int]:
+    def _write(self) -> Held:
+        """``with``: the exclusive lock, any interrupted change completed, the index current."""
+        return Held(self._lock_for_writing)
+
+    def _lock_for_writing(self) -> int:
         if not self.writable:
             raise PoolError(f"{self.path}: opened read-only")
-        with self._locked(exclusive=True) as fd:
+        fd = self._file.lock(True, self._same_as_before, self._forget)
+        try:
             watch = self._watch
             if watch is None or watch.changed(self._journal_name):
                 if watch is not None:
                     watch.mark_clean(self._journal_name)  # before reading: later events count
                 self._recover(fd)
             self._fresh(fd)
-            yield fd
+        except BaseException:
+            locking.unlock(fd)
+            raise
+        return fd
 
     def _commit(self, fd: int, writes: List[Tuple[int, bytes]], size_after: int) -> None:
         """Make one change through the journal (caller holds the write lock)."""

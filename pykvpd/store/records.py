@@ -7,9 +7,15 @@ belong to the file format; the wire codec (``protocol``) imports them from here.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from operator import itemgetter
 
 from .errors import InvalidRecord, RecordTooLarge
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Tuple, Union
+
+    Text = Union[str, bytes]  # at run time ``pykvpd.store.Text`` (its lazy __getattr__)
 
 MAX_KEY_SIZE = 512
 MAX_VALUE_SIZE = 2048
@@ -32,8 +38,6 @@ POOL_NAMES = {
     "auto-internal": 4,
 }
 POOL_LABELS = {number: name for name, number in POOL_NAMES.items()}
-
-Text = Union[str, bytes]
 
 
 def pool_number(pool: Union[int, str]) -> int:
@@ -61,28 +65,58 @@ def as_bytes(text: Text) -> bytes:
     return text.encode("utf-8") if isinstance(text, str) else bytes(text)
 
 
-class Record(NamedTuple):
+class _Named(tuple):
+    """A tuple whose items also have names, as ``Record`` and ``PoolImage`` are.
+
+    Written out rather than a ``typing.NamedTuple``, which imports typing and collections: about
+    8 ms, a fifth of a ``kvp get`` (benchmarks/bench_cli.py). A subclass lists its names in
+    ``_fields`` and reads them with ``itemgetter`` properties, as fast as a named tuple's.
+    """
+
+    __slots__ = ()
+    _fields: Tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={item!r}" for name, item in zip(self._fields, self))
+        return f"{type(self).__name__}({shown})"
+
+    def __getnewargs__(self) -> Tuple[object, ...]:
+        return tuple(self)  # what copy and pickle pass to __new__
+
+
+class Record(_Named):
     """One decoded record. ``problem`` is None for a record every reader can use.
 
     ``key``/``value`` are the bytes before the first NUL of each field; for a field without a NUL
     they are the whole field, and ``problem`` says so.
     """
 
-    key: bytes
-    value: bytes
-    problem: Optional[str] = None
+    __slots__ = ()
+    _fields = ("key", "value", "problem")
+
+    def __new__(cls, key: bytes, value: bytes, problem: Optional[str] = None) -> Record:
+        return tuple.__new__(cls, (key, value, problem))
+
+    if TYPE_CHECKING:
+        key: bytes
+        value: bytes
+        problem: Optional[str]
+    else:
+        key = property(itemgetter(0))
+        value = property(itemgetter(1))
+        problem = property(itemgetter(2))
 
     @property
     def valid(self) -> bool:
-        return self.problem is None
+        return self[2] is None
 
     @property
     def text_key(self) -> str:
-        return self.key.decode("utf-8", "replace")
+        return self[0].decode("utf-8", "replace")
 
     @property
     def text_value(self) -> str:
-        return self.value.decode("utf-8", "replace")
+        return self[1].decode("utf-8", "replace")
 
 
 def _field(raw: bytes, what: str) -> Tuple[bytes, Optional[str]]:
@@ -158,11 +192,22 @@ def indexable(record: Record) -> bool:
     return not record.problem or not record.problem.startswith("key has no NUL")
 
 
-class PoolImage(NamedTuple):
-    """Everything a reader can say about a pool file's bytes."""
+class PoolImage(_Named):
+    """Everything a reader can say about a pool file's bytes: its whole records, and the bytes
+    of a partial record at the end (``trailing``: the size was not a multiple of 2560)."""
 
-    records: Tuple[Record, ...]
-    trailing: bytes  # bytes of a partial record at the end (not a multiple of 2560)
+    __slots__ = ()
+    _fields = ("records", "trailing")
+
+    def __new__(cls, records: Tuple[Record, ...], trailing: bytes) -> PoolImage:
+        return tuple.__new__(cls, (records, trailing))
+
+    if TYPE_CHECKING:
+        records: Tuple[Record, ...]
+        trailing: bytes
+    else:
+        records = property(itemgetter(0))
+        trailing = property(itemgetter(1))
 
     @property
     def problems(self) -> List[str]:

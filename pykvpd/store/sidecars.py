@@ -9,14 +9,17 @@ created with ``O_EXCL | O_NOFOLLOW`` in the pool directory (mode 0600, fsynced).
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import List, Tuple
 
+from ..lazylog import LazyLogger
 from .errors import PoolError
 from .files import DirHandle, open_file, read_all, save_aside
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Tuple
+
+log = LazyLogger(__name__)
 
 
 def _prefix(kind: str, pool_name: str) -> str:

@@ -13,7 +13,11 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 from .pooldir import DEFAULT_POOL_DIR, PoolDir
 from .poolfile import PoolFile
-from .records import POOL_LABELS, Text, as_bytes, pool_number, validate
+from .records import POOL_LABELS, as_bytes, pool_number, validate
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .records import Text
 
 _MISSING = object()
 
