@@ -163,6 +163,18 @@ def test_installs_into_a_throwaway_root(built, tmp_path):
     assert status.returncode == 3, status.stderr
     assert json.loads(status.stdout)["running"] is False
 
+    # The packaged kvp: a get answers, and imports neither re (the generated entry-point
+    # script's) nor argparse or logging (bench_cli.py measures what that saves).
+    pools = tmp_path / "pools"
+    pools.mkdir()
+    kvp = [python, "-X", "importtime", str(root / "usr/bin/kvp"), "--dir", str(pools)]
+    subprocess.run([*kvp, "set", "Key", "value"], env=env, check=True, capture_output=True)
+    got = subprocess.run([*kvp, "get", "Key"], env=env, capture_output=True, text=True)
+    assert (got.returncode, got.stdout) == (0, "value\n"), got.stderr
+    imported = {line.split("|")[-1].strip() for line in got.stderr.splitlines() if "|" in line}
+    assert "pykvpd.cli.quickargs" in imported
+    assert imported & {"re", "argparse", "logging", "typing"} == set()
+
 
 FAKE_SYSTEMCTL = textwrap.dedent(
     """\
