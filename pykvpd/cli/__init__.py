@@ -36,7 +36,6 @@ def _permission_hint(message: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kvp``; returns the exit status (never raises except KeyboardInterrupt handling)."""
-    log.configure(0, False)
     argv = sys.argv[1:] if argv is None else list(argv)
     as_json = _asks_json(argv)
     try:
@@ -51,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return command.run(args, Output())
     except CliError as exc:
         return _fail(str(exc), exc.code, as_json)
-    except SystemExit as exc:  # --help, --version from argparse; SIGTERM
+    except SystemExit as exc:  # --help, --version from argparse; SIGTERM in watch
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     except RecordTooLarge as exc:
         return _fail(str(exc), EXIT_USAGE, as_json)
