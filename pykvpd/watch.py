@@ -158,6 +158,7 @@ class PoolWatcher:
         self._state: Dict[int, Dict[str, str]] = {n: {} for n in self.pools}
         self._dirty: Set[int] = set(self.pools)
         self._retry_at: Optional[float] = None
+        self._unreadable: Dict[int, str] = {}  # pool -> why it cannot be read (said once)
         self._rewrites = rewrites
         self._log_dirty = False
         self._log_seen = 0
@@ -251,8 +252,13 @@ class PoolWatcher:
         """The last state read of a pool (matching keys only)."""
         return self._state[pool]
 
-    def _read(self, pool: int) -> Optional[Dict[str, str]]:
-        """The pool's matching keys now, {} if the file is missing, None if unreadable now."""
+    def _read(self, pool: int, starting: bool = False) -> Optional[Dict[str, str]]:
+        """The pool's matching keys now, {} if the file is missing, None if unreadable now.
+
+        A pool this user may not read raises when ``starting``: the initial events would
+        report its keys as absent (``kvp`` exits 3, as ``get`` does). Later, a pool that cannot
+        be read is tried again; why is logged once, and again when it can be read again.
+        """
         try:
             full = pool_state(self._files[pool])
         except PoolError as exc:
@@ -262,8 +268,14 @@ class PoolWatcher:
                 return {}
             if not stat.S_ISREG(mode):
                 raise  # a symlink, FIFO or device: the store refused it, by name; so do we
-            log.warning("%s (will retry)", exc)
+            if starting and isinstance(exc, PermissionError):
+                raise
+            if self._unreadable.get(pool) != str(exc):
+                log.warning("%s (will retry)", exc)
+                self._unreadable[pool] = str(exc)
             return None
+        if self._unreadable.pop(pool, None) is not None:
+            log.warning("%s can be read again", self._files[pool].path)
         return {k: v for k, v in full.items() if self._match(k)}
 
     def _mode(self, pool: int) -> Optional[int]:
@@ -303,14 +315,14 @@ class PoolWatcher:
         if logged:
             self._log_seen = max(self._log_seen, logged[-1].seq)
 
-    def _refresh(self) -> List[Change]:
+    def _refresh(self, starting: bool = False) -> List[Change]:
         if self._log_dirty:
             self._read_log()
         changes: List[Change] = []
         for pool in self.pools:
             if pool not in self._dirty:
                 continue
-            new = self._read(pool)
+            new = self._read(pool, starting)
             if new is None:
                 self._retry_at = time.monotonic() + _RETRY_SECONDS
                 continue
@@ -326,9 +338,10 @@ class PoolWatcher:
         return changes
 
     def initial(self) -> List[Change]:
-        """Read every pool; one ``initial`` event per matching key present now."""
+        """Read every pool; one ``initial`` event per matching key present now (PoolError
+        for a pool this user may not read)."""
         self._handle(self._ino.read_events())
-        changes = self._refresh()
+        changes = self._refresh(starting=True)
         return [Change("initial", c.pool, c.key, c.value) for c in changes if c.op == "add"]
 
     def changes(self, timeout: Optional[float] = None) -> List[Change]:

@@ -69,6 +69,45 @@ def test_a_pool_directory_nobody_may_enter_is_exit_3_not_empty(argv):
         shutil.rmtree(top)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.parametrize(
+    "argv",
+    [["get", "A"], ["list"], ["watch", "A"], ["wait", "A"], ["watch", "--json"]],
+)
+def test_a_pool_file_nobody_may_read_is_exit_3_not_absent(argv):
+    """watch and wait used to report A absent at start (a hook acting on "absent" would act
+    wrongly) and then retry for ever, logging every second."""
+    top = tempfile.mkdtemp(prefix="kvp-nobody-")
+    try:
+        os.chmod(top, 0o755)
+        source = _readable_copy_of_the_package(top)
+        python = _python_for_nobody(source)
+        directory = os.path.join(top, "hyperv")
+        os.mkdir(directory)
+        write_pool(directory, 1, rec(b"A", b"1"))
+        os.chmod(os.path.join(directory, ".kvp_pool_1"), 0o600)
+        result = kvp_process(
+            "--dir",
+            directory,
+            *argv,
+            preexec_fn=_as_nobody,
+            python=python,
+            env={"PYTHONPATH": source},
+            timeout=20,
+        )
+        err = result.stderr.decode()
+        assert (result.returncode, result.stdout) == (3, b""), err
+        assert "Traceback" not in err
+        if "--json" in argv:
+            assert "Permission denied" in json.loads(err)["error"]["message"]
+        else:
+            assert err.splitlines() == [
+                f"kvp: {directory}/.kvp_pool_1: Permission denied (pools are root's: try sudo)"
+            ]
+    finally:
+        shutil.rmtree(top)
+
+
 @pytest.mark.parametrize("command", ["clear", "is-stale", "list", "get", "fsck", "delete", "set"])
 def test_a_missing_directory_is_exit_3_for_every_pool_command(tmp_path, command):
     extra = {"get": ["K"], "delete": ["K"], "set": ["K", "v"]}.get(command, [])

@@ -294,3 +294,27 @@ def test_absent_keys_fire_once_at_start():
     ]
     assert ops(absent_initial([], [])) == [("initial", None, "*", None)]
     assert absent_initial([], present) == []
+
+
+def test_a_pool_locked_too_long_is_retried_and_said_once_then_read(pooldir, caplog):
+    """A pool that cannot be read after the start (here: another program holds its lock past
+    --lock-timeout) is tried again each second; the warning is logged once, not per try."""
+    from test_locking import Holder
+
+    path = Path(pooldir) / ".kvp_pool_1"
+    write_pool(pooldir, 1, rec(b"A", b"1"))
+    caplog.set_level("WARNING", logger="pykvpd.watch")
+    with PoolWatcher(pooldir, [1], lock_timeout=0.2) as watcher:
+        assert ops(watcher.initial()) == [("initial", 1, "A", "1")]
+        holder = Holder(path, "posix", "ex", "forever")
+        try:
+            with open(path, "ab") as f:  # a write the lock holder might make: an inotify event
+                f.write(rec(b"B", b"2"))
+            assert watcher.changes(2.5) == []  # several tries, each a lock timeout
+        finally:
+            holder.finish()
+        assert ops(next_changes(watcher)) == [("add", 1, "B", "2")]
+    said = [r.getMessage() for r in caplog.records if r.name == "pykvpd.watch"]
+    assert len(said) == 2, said
+    assert said[0].startswith(f"{path}: ") and said[0].endswith("(will retry)")
+    assert said[1] == f"{path} can be read again"
