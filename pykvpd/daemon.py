@@ -67,6 +67,8 @@ class Daemon:
         self.stopping = False
         self._awaiting_device = False  # SIGTERM then interrupts the wait (_StopWhileWaiting)
         self.reload_requested = False
+        self.reloads = 0  # SIGHUPs handled, taken or refused: `pykvpd reload` waits on it
+        self.last_reload: Optional[dict] = None
         self.host_ops = 0
         self.last_op = ""
         self.last_error = ""
@@ -211,8 +213,10 @@ class Daemon:
             # recovery as any later device error, not an exit.
             log.warning("registration on %s failed (%s); reopening", self.args.device, exc)
             self.reconnect()
+        # The status file first: once systemd sees READY=1 it allows `systemctl reload`, whose
+        # `pykvpd reload` needs this daemon's status file.
+        self._update_status(force=True, notify=False)
         self.notifier.ready(self._status_text())
-        self._update_status(force=True)
         notifier = self.notifier
         keepalive = notifier.watchdog if notifier.watchdog_interval() is not None else None
         while not self.stopping:
@@ -320,17 +324,25 @@ class Daemon:
             last_op=self.last_op,
             last_error=self.last_error,
             pool_dir=self.pools.directory,
+            reloads=self.reloads,
+            last_reload=self.last_reload,
         )
 
     def _reload(self) -> None:
-        """SIGHUP: re-read the config file; pool directory and device changes need a restart."""
-        self.reload_requested = False
+        """SIGHUP: re-read the config file; pool directory and device changes need a restart.
+
+        RELOADING=1 before, READY=1 after, and the outcome in the status file at once: that
+        is what `pykvpd reload` (the unit's ExecReload=) waits for and reports.
+        """
+        self.reload_requested = False  # cleared before the read: a later SIGHUP reads again
+        self.notifier.reloading()
         from .config import ConfigError, load_config
 
         try:
             config = load_config(self.args.config)
         except ConfigError as exc:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
+            self._reloaded(str(exc))
             return
         self.config = config
         self.debug = bool(self.args.debug or config.debug)
@@ -339,6 +351,13 @@ class Daemon:
         self.handler.netconfig = self._netconfig(self.pools.directory)
         logging.getLogger().setLevel(logging.DEBUG if self.debug else logging.INFO)
         log.info("configuration reloaded from %s", self.args.config)
+        self._reloaded(None)
+
+    def _reloaded(self, error: Optional[str]) -> None:
+        self.reloads += 1
+        self.last_reload = {"ok": error is None, "error": error, "at": time.time()}
+        self.notifier.ready(self._status_text())  # before the status file ends the ExecReload=
+        self._update_status(force=True, notify=False)
 
     def close(self) -> None:
         self._close_channel()

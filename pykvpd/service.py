@@ -167,8 +167,13 @@ class Notifier:
         self._send("READY=1\nSTATUS=" + _one_line(status))
 
     def reloading(self) -> None:
-        """Configuration reload started (SIGHUP); follow with ready()."""
-        self._send("RELOADING=1")
+        """Configuration reload started (SIGHUP); follow with ready().
+
+        MONOTONIC_USEC= is what systemd 253+ needs to match the message to a reload it asked
+        for (Type=notify-reload); systemd 252 ignores it.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def status(self, text: str) -> None:
         """Free-form line shown by ``systemctl status``."""

@@ -84,6 +84,24 @@ def read_status(path: str = DEFAULT_STATUS_PATH) -> Optional[Dict[str, Any]]:
     return data
 
 
+def printable(text: str) -> str:
+    """TEXT from the status file made safe for a terminal: one line, no control characters.
+
+    The file quotes config files and host requests (an error names the offending value), so
+    whatever is not printable (C0 and C1 controls, bidi overrides, lone surrogates) and the
+    backslash are shown as Python escapes.
+    """
+    out = []
+    for ch in text:
+        if ch.isprintable() and ch != "\\":
+            out.append(ch)
+        elif ch == "\\":
+            out.append("\\\\")
+        else:
+            out.append(ascii(ch)[1:-1])  # \n, \x1b, \u202e, \udc80
+    return "".join(out)
+
+
 def pid_alive(pid: Any) -> bool:
     """Whether process ``pid`` exists (EPERM means it does, just not ours)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -174,10 +192,24 @@ def render(report: Dict[str, Any]) -> str:
         lines.append(f"last operation: {report['last_op']}")
     if "pid" in report:
         lines.append(f"last error: {report.get('last_error') or 'none'}")
+    reload_line = _reload_line(report)
+    if reload_line:
+        lines.append(reload_line)
     lines.append(f"pools in {report['pool_dir']}:")
     for pool in report["pools"]:
         lines.append("  " + _pool_line(pool))
     return "\n".join(lines)
+
+
+def _reload_line(report: Dict[str, Any]) -> Optional[str]:
+    last = report.get("last_reload")
+    if not isinstance(last, dict):
+        return None
+    when = _when(last.get("at"))
+    if last.get("ok") is True:
+        return f"last reload: {when}, ok ({report.get('reloads')} since start)"
+    error = printable(str(last.get("error")))
+    return f"last reload: {when}, FAILED, the old configuration stays: {error}"
 
 
 def _pool_line(pool: Dict[str, Any]) -> str:

@@ -52,8 +52,11 @@ def test_notifier_sends_ready_status_watchdog_stopping(notify_socket):
     assert sock.recv(4096) == b"STATUS=last SET pool 0 second line"
     notifier.watchdog()
     assert sock.recv(4096) == b"WATCHDOG=1"
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()
-    assert sock.recv(4096) == b"RELOADING=1"
+    head, usec = sock.recv(4096).split(b"\nMONOTONIC_USEC=")
+    assert head == b"RELOADING=1"
+    assert before <= int(usec) <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.stopping("stopping; 3 host operations")
     assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping; 3 host operations"
 

@@ -121,3 +121,25 @@ def test_pid_alive_rejects_junk():
     assert not status.pid_alive(True)
     assert not status.pid_alive("1")
     assert not status.pid_alive(0)
+
+
+def test_status_shows_the_last_reload_escaped(tmp_path, pool_dir, capsys):
+    path = tmp_path / "status.json"
+    status_file = status.StatusFile(str(path))
+    status_file.update(pid=os.getpid(), registered=True, pool_dir=str(pool_dir), reloads=1,
+                       last_reload={"ok": True, "error": None, "at": 1700000000})
+    status.main_status(["--status-file", str(path)])
+    assert "last reload: 2023-11-14 22:13:20 UTC" in capsys.readouterr().out
+    error = "/etc/pykvpd.conf: invalid value for \x1b[2j\\evil\u202e\x9b: unknown key"
+    status_file.update(reloads=2, last_reload={"ok": False, "error": error, "at": 1700000000})
+    status.main_status(["--status-file", str(path)])
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("last reload")][0]
+    assert line.endswith(
+        "FAILED, the old configuration stays: /etc/pykvpd.conf: invalid value for "
+        "\\x1b[2j\\\\evil\\u202e\\x9b: unknown key"
+    )
+
+
+def test_printable_escapes_what_a_terminal_would_act_on():
+    assert status.printable("plain text, äö €") == "plain text, äö €"
+    assert status.printable("a\nb\tc\x00\x7f\x85\udc80\\") == "a\\nb\\tc\\x00\\x7f\\x85\\udc80\\\\"
