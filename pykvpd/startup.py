@@ -19,7 +19,7 @@ from .store import PoolError
 
 log = logging.getLogger("pykvpd")
 
-SUBCOMMANDS = ("simulate", "status")
+SUBCOMMANDS = ("simulate", "status", "reload")
 # EX_UNAVAILABLE: the single-opener device is held by another daemon. The unit does not
 # restart on it (RestartPreventExitStatus=69); every other failure exits 1, as the C daemon.
 EXIT_DEVICE_BUSY = 69
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hv_kvp_daemon",
         formatter_class=_Formatter,
         description="Hyper-V Key-Value Pair (KVP) guest daemon (pykvpd).",
-        epilog="Subcommands: 'pykvpd simulate' (host simulator), 'pykvpd status'.",
+        epilog="Subcommands: 'pykvpd simulate' (host simulator), 'pykvpd status', "
+        "'pykvpd reload' (re-read the config file and wait until the daemon has).",
     )
     parser.add_argument("-n", "--no-daemon", action="store_true", help="stay in the foreground")
     parser.add_argument(
@@ -112,6 +113,10 @@ def _subcommand(name: str, argv: List[str]) -> int:
         from .simulator.cli import main as simulate
 
         return simulate(argv)
+    if name == "reload":
+        from .reload import main_reload
+
+        return main_reload(argv)
     from .status import main_status
 
     return main_status(argv)
