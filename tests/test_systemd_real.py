@@ -170,15 +170,49 @@ def test_aliases_and_reload_without_conflicts_noise(guest):
     assert "dropped" not in after and "Conflicts" not in after, after
 
 
+def daemon_status(g: Guest) -> dict:
+    with open(g.ct.path("/run/pykvpd/status.json")) as f:
+        return json.load(f)
+
+
+def reload_count(g: Guest) -> int:
+    return daemon_status(g)["reloads"]
+
+
+def synced_journal(g: Guest, *args: str) -> str:
+    """The unit's journal once journald has taken in every message already sent to it."""
+    g.ct.run(["journalctl", "--sync"])
+    return g.daemon_journal(*args)
+
+
 def test_reload_rereads_the_config_and_journal_fields(guest):
-    """systemctl reload (SIGHUP) turns on debug from /etc/pykvpd.conf: one journal entry per
-    host operation with KVP_* fields, the value not logged, the daemon not restarted."""
+    """systemctl reload (pykvpd reload: SIGHUP, then waiting for the daemon's answer) turns on
+    debug from /etc/pykvpd.conf: one journal entry per host operation with KVP_* fields, the
+    value not logged, the daemon not restarted. Done when systemctl returns: no waiting."""
     g = guest
     pid = g.main_pid()
+    before = reload_count(g)
     with open(g.ct.path("/etc/pykvpd.conf"), "a") as f:
         f.write("debug = yes\n")
-    g.systemctl("reload", UNIT)
-    wait_for(lambda: "configuration reloaded" in g.daemon_journal(), "the reload message")
+    # The daemon is stopped while systemctl reload starts: a reload command that does not wait
+    # for the daemon (kill -HUP) returns meanwhile, before anything was re-read.
+    seen: dict = {}
+
+    def reload() -> None:
+        seen["reload"] = g.ct.run(["systemctl", "reload", UNIT], check=False)
+        seen["status"] = daemon_status(g)  # the moment systemctl returned
+
+    g.ct.run(["kill", "-STOP", str(pid)])
+    thread = threading.Thread(target=reload)
+    try:
+        thread.start()
+        thread.join(1.0)
+    finally:
+        g.ct.run(["kill", "-CONT", str(pid)])
+    thread.join(60)
+    assert seen["reload"].returncode == 0, (seen["reload"].stdout, seen["reload"].stderr)
+    assert seen["status"]["reloads"] == before + 1 and seen["status"]["last_reload"]["ok"] is True
+    assert "configuration reloaded" in synced_journal(g)
     assert g.main_pid() == pid
     g.host.ok("add", "Secret", "hunter2")
     entries = []
@@ -197,6 +231,37 @@ def test_reload_rereads_the_config_and_journal_fields(guest):
     registered = g.daemon_journal("-o", "json", "-p", "info")
     assert any("registered with the kernel" in json.loads(line).get("MESSAGE", "")
                for line in registered.splitlines() if line.strip())
+
+
+def test_a_refused_config_fails_systemctl_reload_and_the_daemon_keeps_serving(guest):
+    g = guest
+    pid = g.main_pid()
+    before = reload_count(g)
+    path = g.ct.path("/etc/pykvpd.conf")
+    with open(path) as f:
+        good = f.read()
+    with open(path, "a") as f:
+        f.write("no_such_key = 1\n")
+    try:
+        cursor = g.ct.run(["journalctl", "-n0", "--show-cursor", "-q"]).stdout
+        cursor = cursor.split("cursor: ")[-1].strip()
+        refused = g.ct.run(["systemctl", "reload", UNIT], check=False)
+        assert refused.returncode != 0, (refused.stdout, refused.stderr)
+        assert reload_count(g) == before + 1
+        state = g.show(UNIT, "ActiveState", "SubState", "MainPID")
+        assert state == {"ActiveState": "active", "SubState": "running", "MainPID": str(pid)}
+        journal = synced_journal(g, f"--after-cursor={cursor}")
+        assert "SIGHUP: keeping the old configuration: /etc/pykvpd.conf" in journal, journal
+        assert ("pykvpd: reload failed, the old configuration stays: /etc/pykvpd.conf: "
+                "invalid value '1' for no_such_key: unknown key") in journal, journal
+        g.host.ok("add", "AfterRefusedReload", "yes")  # still serving, same process
+        assert g.host.items("external")["AfterRefusedReload"] == "yes"
+        assert g.main_pid() == pid
+    finally:
+        with open(path, "w") as f:
+            f.write(good)
+    g.systemctl("reload", UNIT)  # the good file again: a reload succeeds
+    assert reload_count(g) == before + 2
 
 
 @pytest.mark.parametrize("rounds", [3])

@@ -55,7 +55,8 @@ def test_unit_contract():
     assert e[("Service", "Restart")] == ["on-failure"]
     # The C daemon's name, so ps -ef shows it without a re-exec (pykvpd/hv_kvp_daemon.py)
     assert e[("Service", "ExecStart")] == ["/usr/bin/hv_kvp_daemon -n --wait-device 10"]
-    assert e[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
+    # waits for the daemon's answer and fails on a refused config (pykvpd/reload.py)
+    assert e[("Service", "ExecReload")] == ["/usr/bin/pykvpd reload --pid $MAINPID"]
     assert e[("Unit", "ConditionVirtualization")] == ["microsoft"]
     assert e[("Unit", "DefaultDependencies")] == ["no"]
     assert {"sysinit.target", "cloud-init-local.service", "shutdown.target"} <= set(
