@@ -116,7 +116,8 @@ def reload_daemon(status_path: str, pid: Optional[int], timeout: float) -> Dict[
         owner = fields.get("pid")
         target = owner if pid is None else pid
         if not pid_alive(target):
-            raise ReloadError(EXIT_NOT_RUNNING, f"the daemon (pid {target}) is not running")
+            shown = printable(str(target))  # from the file when no --pid: may be anything
+            raise ReloadError(EXIT_NOT_RUNNING, f"the daemon (pid {shown}) is not running")
         if owner != target:
             raise ReloadError(
                 EXIT_NOT_RUNNING,

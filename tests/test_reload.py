@@ -156,6 +156,14 @@ def test_not_running_is_exit_3(daemon, tmp_path):
     assert done.returncode == 3 and "is not running" in done.stderr
 
 
+def test_junk_pid_in_the_status_file_is_not_running_and_escaped(tmp_path):
+    path = tmp_path / "status.json"
+    path.write_text(json.dumps({"pid": "1\x1b[2J", "reloads": 0}))
+    done = run_reload("--status-file", str(path))
+    assert (done.returncode, done.stderr) == (
+        3, "pykvpd: the daemon (pid 1\\x1b[2J) is not running\n")
+
+
 def test_damaged_status_file_is_exit_4(tmp_path):
     path = tmp_path / "status.json"
     path.write_text("[1, 2]")
