@@ -19,12 +19,12 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
+from .escaping import escape
 from .status import (
     DEFAULT_STATUS_PATH,
     EXIT_NOT_RUNNING,
     EXIT_UNKNOWN,
     pid_alive,
-    printable,
     read_status,
 )
 
@@ -116,12 +116,12 @@ def reload_daemon(status_path: str, pid: Optional[int], timeout: float) -> Dict[
         owner = fields.get("pid")
         target = owner if pid is None else pid
         if not pid_alive(target):
-            shown = printable(str(target))  # from the file when no --pid: may be anything
+            shown = escape(str(target))  # from the file when no --pid: may be anything
             raise ReloadError(EXIT_NOT_RUNNING, f"the daemon (pid {shown}) is not running")
         if owner != target:
             raise ReloadError(
                 EXIT_NOT_RUNNING,
-                f"{status_path} is the status of pid {printable(str(owner))}, not of pid "
+                f"{status_path} is the status of pid {escape(str(owner))}, not of pid "
                 f"{target}: not that daemon's status file, or it is still starting",
             )
         before = _count(fields)
@@ -227,6 +227,6 @@ def main_reload(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     if outcome.get("ok") is True:
         return EXIT_OK
-    error = printable(str(outcome.get("error") or "no reason given"))
+    error = escape(str(outcome.get("error") or "no reason given"))
     print(f"pykvpd: reload failed, the old configuration stays: {error}", file=sys.stderr)
     return EXIT_FAILED

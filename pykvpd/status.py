@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from pykvpd.escaping import escape
 from pykvpd.protocol import POOL_COUNT
 from pykvpd.store import DEFAULT_POOL_DIR, POOL_LABELS, RECORD_SIZE, pool_filename
 
@@ -82,24 +83,6 @@ def read_status(path: str = DEFAULT_STATUS_PATH) -> Optional[Dict[str, Any]]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a JSON object")
     return data
-
-
-def printable(text: str) -> str:
-    """TEXT from the status file made safe for a terminal: one line, no control characters.
-
-    The file quotes config files and host requests (an error names the offending value), so
-    whatever is not printable (C0 and C1 controls, bidi overrides, lone surrogates) and the
-    backslash are shown as Python escapes.
-    """
-    out = []
-    for ch in text:
-        if ch.isprintable() and ch != "\\":
-            out.append(ch)
-        elif ch == "\\":
-            out.append("\\\\")
-        else:
-            out.append(ascii(ch)[1:-1])  # \n, \x1b, \u202e, \udc80
-    return "".join(out)
 
 
 def pid_alive(pid: Any) -> bool:
@@ -171,31 +154,34 @@ def _when(epoch: Any) -> str:
 
 
 def render(report: Dict[str, Any]) -> str:
-    """Human-readable form of collect()'s report."""
+    """Human-readable form of collect()'s report; every text from the status file escaped
+    (it quotes host requests and config files)."""
     lines = []
     if "status_error" in report:
-        lines.append(f"daemon: status unknown ({report['status_error']})")
+        lines.append(f"daemon: status unknown ({escape(str(report['status_error']))})")
     elif report["running"]:
         state = "registered with the kernel" if report["registered"] else "NOT registered"
-        lines.append(f"daemon: running (pid {report['pid']}), {state}")
+        lines.append(f"daemon: running (pid {escape(str(report['pid']))}), {state}")
     elif report.get("pid") is not None:
-        lines.append(f"daemon: not running (stale status file names pid {report['pid']})")
+        lines.append(
+            f"daemon: not running (stale status file names pid {escape(str(report['pid']))})"
+        )
     else:
         lines.append(f"daemon: not running (no status file {report['status_file']})")
     if report["registered"]:
         lines.append(f"registered since: {_when(report.get('registered_since'))}")
     if report.get("version"):
-        lines.append(f"host version: {report['version']}")
+        lines.append(f"host version: {escape(str(report['version']))}")
     if "host_ops" in report:
-        lines.append(f"host operations: {report['host_ops']}")
+        lines.append(f"host operations: {escape(str(report['host_ops']))}")
     if report.get("last_op"):
-        lines.append(f"last operation: {report['last_op']}")
+        lines.append(f"last operation: {escape(str(report['last_op']))}")
     if "pid" in report:
-        lines.append(f"last error: {report.get('last_error') or 'none'}")
+        lines.append(f"last error: {escape(str(report.get('last_error') or 'none'))}")
     reload_line = _reload_line(report)
     if reload_line:
         lines.append(reload_line)
-    lines.append(f"pools in {report['pool_dir']}:")
+    lines.append(f"pools in {escape(str(report['pool_dir']))}:")
     for pool in report["pools"]:
         lines.append("  " + _pool_line(pool))
     return "\n".join(lines)
@@ -208,14 +194,14 @@ def _reload_line(report: Dict[str, Any]) -> Optional[str]:
     when = _when(last.get("at"))
     if last.get("ok") is True:
         return f"last reload: {when}, ok ({report.get('reloads')} since start)"
-    error = printable(str(last.get("error")))
+    error = escape(str(last.get("error")))
     return f"last reload: {when}, FAILED, the old configuration stays: {error}"
 
 
 def _pool_line(pool: Dict[str, Any]) -> str:
     head = f"{pool['pool']} {pool['name']:<13}"
     if pool.get("error"):
-        return f"{head} error: {pool['error']}"
+        return f"{head} error: {escape(str(pool['error']))}"
     if not pool["exists"]:
         return f"{head} missing"
     text = f"{head} {pool['records']:>6} records {pool['size']:>10} bytes"

@@ -122,6 +122,20 @@ def test_watch_text_output_escapes_a_forged_key(pooldir):
     assert b"Fake\\tvalue\\ndelete\\texternal\\tPatchNow" in listed  # the same escaping
 
 
+def test_terminal_controls_and_bidi_overrides_from_the_host_are_escaped(pooldir):
+    """An 8-bit CSI (U+009B), a bidi override (U+202E) or a line separator (U+2028) in a key or
+    value would make a terminal show something else than what is stored."""
+    key, value = "Key\u009b2J\u202eevil", "one\u2028two"
+    write_pool(pooldir, 0, rec(key.encode(), value.encode()))
+    shown_key, shown_value = "Key\\xc2\\x9b2J\\xe2\\x80\\xaeevil", "one\\xe2\\x80\\xa8two"
+    code, out, err = kvp("--dir", pooldir, "watch", "-n", "1")
+    assert (code, out.decode()) == (0, f"initial\texternal\t{shown_key}\t{shown_value}\n"), err
+    code, listed, _ = kvp("--dir", pooldir, "list", "-p", "0")
+    assert f"{shown_key}  {shown_value}" in listed.decode()
+    code, got, _ = kvp("--dir", pooldir, "get", key)
+    assert got == value.encode() + b"\n"  # get prints the value as stored
+
+
 def test_watch_fires_once_at_start_for_an_absent_key(pooldir, tmp_path):
     write_pool(pooldir, 1, rec(b"Present", b"1"))
     code, out, err = kvp("--dir", pooldir, "watch", "Missing", "Present", "-n", "2")

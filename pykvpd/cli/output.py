@@ -12,26 +12,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2  # 2: records always a list, findings objects, get/wait answer when not found
 
 
-def escape(data: bytes) -> str:
-    """One printable line: control characters, backslashes and invalid UTF-8 escaped."""
-    out = []
-    for ch in data.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def text(data: bytes) -> str:
     """Stored bytes as JSON-safe text (invalid UTF-8 replaced)."""
     return data.decode("utf-8", "replace")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ... import store
+from ...escaping import escape
 from ...store import POOL_LABELS
 from ..access import one_pool, reading, writing
 from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
-from ..output import SCHEMA_VERSION, Output, escape, text
+from ..output import SCHEMA_VERSION, Output, text
 from ..validate import check_key
 
 FORMATS = ("json",)

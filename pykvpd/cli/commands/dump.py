@@ -10,9 +10,10 @@ import sys
 from typing import Dict, List, Optional
 
 from ... import store
+from ...escaping import escape
 from ...store import RECORD_SIZE, PoolFile
 from ..errors import EXIT_IO, EXIT_OK, CliError
-from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
+from ..output import SCHEMA_VERSION, Output, finding_json, table, text
 
 
 def _check_file(name: str) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ... import store
+from ...escaping import escape
 from ...store import POOL_LABELS
 from ..access import GET_ORDER, first_values, read_image, reading
 from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
-from ..output import Output, emit_value, escape, lookup_json, text
+from ..output import Output, emit_value, lookup_json, text
 from ..validate import check_key
 
 TYPE_CHECKING = False

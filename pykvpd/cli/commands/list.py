@@ -6,11 +6,12 @@ import argparse
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from ... import store
+from ...escaping import escape
 from ...store import POOL_LABELS, POOL_NAMES
 from ..access import ALL_POOLS, read_image, reading, valid_records
 from ..console import log
 from ..errors import EXIT_OK
-from ..output import SCHEMA_VERSION, Output, escape, finding_json, table, text
+from ..output import SCHEMA_VERSION, Output, finding_json, table, text
 
 # fsck kinds of the records (and partial tail) a reader leaves out
 AUTO = POOL_NAMES["auto"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 from ... import store
+from ...escaping import escape
 from ...store import POOL_LABELS
 from ..access import one_pool, writing
 from ..console import log
 from ..errors import EXIT_OK, usage
-from ..output import SCHEMA_VERSION, Output, escape, text
+from ..output import SCHEMA_VERSION, Output, text
 from ..validate import arg_bytes, byte_size, check_key, checked, limits
 
 TYPE_CHECKING = False

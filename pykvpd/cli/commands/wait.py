@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ...escaping import escape
 from ...store import DEFAULT_POOL_DIR
 from ...watch import PoolWatcher, wait_for
 from ..access import GET_ORDER
 from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK
-from ..output import Output, emit_value, escape, lookup_json, text
+from ..output import Output, emit_value, lookup_json, text
 from ..validate import check_key, seconds
 
 FORMATS = ("json", "null", "raw")
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         if args.json:
             out.json(lookup_json(None, key, None))
         elif not args.quiet:
-            log.error("timed out after %g s waiting for %s", args.timeout, escape(key.encode()))
+            log.error("timed out after %g s waiting for %s", args.timeout, escape(key))
         return EXIT_NOT_FOUND
     number, value = hit
     if args.json:

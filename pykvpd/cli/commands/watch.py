@@ -7,13 +7,14 @@ import os
 import time
 from typing import Any, Callable, Dict, Optional
 
+from ...escaping import escape
 from ...hooks import HookError, HookRunner, resolve_command
 from ...store import DEFAULT_POOL_DIR, POOL_LABELS
 from ...watch import OPS, Change, PoolWatcher, absent_initial, key_filter
 from ..access import ALL_POOLS
 from ..console import log
 from ..errors import EXIT_NOT_FOUND, EXIT_OK, CliError, usage
-from ..output import SCHEMA_VERSION, Output, escape
+from ..output import SCHEMA_VERSION, Output
 from ..signals import sigint_stops, sigterm_exits
 from ..validate import count, run_limit, seconds
 
@@ -66,8 +67,8 @@ def change_line(change: Change, raw: bool) -> str:
     """``OP<TAB>POOL<TAB>KEY<TAB>VALUE``: the key always escaped (as ``list`` does), so a
     host-supplied key holding a TAB or newline cannot forge fields or event lines."""
     value = "" if change.value is None else change.value
-    key = escape(change.key.encode("utf-8", "surrogateescape"))
-    shown = value if raw else escape(value.encode("utf-8", "surrogateescape"))
+    key = escape(change.key)
+    shown = value if raw else escape(value)
     return f"{change.op}\t{change.pool_name}\t{key}\t{shown}"
 
 
