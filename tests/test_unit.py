@@ -56,7 +56,9 @@ def test_unit_contract():
     # The C daemon's name, so ps -ef shows it without a re-exec (pykvpd/hv_kvp_daemon.py)
     assert e[("Service", "ExecStart")] == ["/usr/bin/hv_kvp_daemon -n --wait-device 10"]
     # waits for the daemon's answer and fails on a refused config (pykvpd/reload.py)
-    assert e[("Service", "ExecReload")] == ["/usr/bin/pykvpd reload --pid $MAINPID"]
+    assert e[("Service", "ExecReload")] == ["/usr/bin/pykvpd reload --pid $MAINPID --timeout 25"]
+    # systemd kills a reload after TimeoutStartSec=: the command must give up (and say why) first
+    assert 25 < int(e[("Service", "TimeoutStartSec")][0])
     assert e[("Unit", "ConditionVirtualization")] == ["microsoft"]
     assert e[("Unit", "DefaultDependencies")] == ["no"]
     assert {"sysinit.target", "cloud-init-local.service", "shutdown.target"} <= set(
