@@ -13,6 +13,8 @@ import os
 import re
 from typing import Callable, Dict, Optional, Tuple
 
+from .escaping import escape
+
 DEFAULT_PATH = "/etc/pykvpd.conf"
 SECTION = "pykvpd"
 IP_INJECTION_MODES = ("off", "dry-run", "on")
@@ -29,7 +31,8 @@ class ConfigError(ValueError):
         if key is None:
             message = f"{path}: {reason}"
         else:
-            message = f"{path}: invalid value {value!r} for {key}: {reason}"
+            # key as read from the file: shown escaped (a log line must not carry an ESC or LF)
+            message = f"{path}: invalid value {value!r} for {escape(key)}: {reason}"
         super().__init__(message)
 
 

@@ -77,6 +77,16 @@ def test_invalid_values_name_file_key_and_value(tmp_path, key, value):
     assert path in str(error) and key in str(error) and repr(value) in str(error)
 
 
+def test_a_key_with_control_characters_is_named_escaped(tmp_path):
+    """The message reaches the journal, stderr and pykvpd status: no ESC or bidi override."""
+    path = write(tmp_path, "[pykvpd]\n\x1b[2Jgone\u202e = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "\x1b[2jgone\u202e"  # configparser lower-cases keys
+    assert "for \\x1b[2jgone\\xe2\\x80\\xae: unknown key" in str(info.value)
+    assert str(info.value).isprintable()
+
+
 def test_syntax_error(tmp_path):
     path = write(tmp_path, "pool_dir = /x\n")  # no section header
     with pytest.raises(ConfigError, match="syntax error") as info:

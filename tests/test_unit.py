@@ -58,7 +58,7 @@ def test_unit_contract():
     # waits for the daemon's answer and fails on a refused config (pykvpd/reload.py)
     assert e[("Service", "ExecReload")] == ["/usr/bin/pykvpd reload --pid $MAINPID --timeout 25"]
     # systemd kills a reload after TimeoutStartSec=: the command must give up (and say why) first
-    assert 25 < int(e[("Service", "TimeoutStartSec")][0])
+    assert int(e[("Service", "TimeoutStartSec")][0]) > 25
     assert e[("Unit", "ConditionVirtualization")] == ["microsoft"]
     assert e[("Unit", "DefaultDependencies")] == ["no"]
     assert {"sysinit.target", "cloud-init-local.service", "shutdown.target"} <= set(
