@@ -132,6 +132,11 @@ def test_record_and_image_behave_as_the_named_tuples_they_were():
         "PoolImage(records=(Record(key=b'k', value=b'v', problem=None),), trailing=b'')"
     )
     assert pickle.loads(pickle.dumps(image)) == image
+    changed = rec._replace(problem="key has no NUL")
+    assert type(changed) is Record and changed == (b"k", b"v", "key has no NUL") and rec.valid
+    assert rec._asdict() == {"key": b"k", "value": b"v", "problem": None}
+    with pytest.raises(ValueError, match="unexpected field names: \\['nope'\\]"):
+        rec._replace(nope=1)
     assert type(copy.deepcopy(rec)) is Record
     with pytest.raises(AttributeError):
         rec.key = b"other"  # type: ignore[misc]

@@ -13,7 +13,7 @@ from .errors import InvalidRecord, RecordTooLarge
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import List, Optional, Sequence, Tuple, Union
+    from typing import Dict, List, Optional, Sequence, Tuple, Union
 
     Text = Union[str, bytes]  # at run time ``pykvpd.store.Text`` (its lazy __getattr__)
 
@@ -66,7 +66,8 @@ def as_bytes(text: Text) -> bytes:
 
 
 class _Named(tuple):
-    """A tuple whose items also have names, as ``Record`` and ``PoolImage`` are.
+    """A tuple whose items also have names, as ``Record`` and ``PoolImage`` are (with a named
+    tuple's ``_fields``, ``_replace`` and ``_asdict``).
 
     Written out rather than a ``typing.NamedTuple``, which imports typing and collections: about
     8 ms, a fifth of a ``kvp get`` (benchmarks/bench_cli.py). A subclass lists its names in
@@ -82,6 +83,17 @@ class _Named(tuple):
 
     def __getnewargs__(self) -> Tuple[object, ...]:
         return tuple(self)  # what copy and pickle pass to __new__
+
+    def _replace(self, **changes: object) -> _Named:
+        """A copy with some fields changed, as a named tuple's ``_replace``."""
+        values = [changes.pop(name, item) for name, item in zip(self._fields, self)]
+        if changes:
+            raise ValueError(f"unexpected field names: {sorted(changes)}")
+        return type(self)(*values)
+
+    def _asdict(self) -> Dict[str, object]:
+        """The fields by name, as a named tuple's ``_asdict``."""
+        return dict(zip(self._fields, self))
 
 
 class Record(_Named):
