@@ -24,7 +24,37 @@ def pools(tmp_path):
     return str(directory)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.fixture()
+def as_nobody():
+    """(pool directory holding A=1 in the guest pool, run(*argv) as user nobody): the
+    directory in a tree nobody may enter, with a copy of the package nobody may read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user")
+    top = tempfile.mkdtemp(prefix="kvp-nobody-")
+    try:
+        os.chmod(top, 0o755)
+        source = _readable_copy_of_the_package(top)
+        python = _python_for_nobody(source)
+        directory = os.path.join(top, "hyperv")
+        os.mkdir(directory)
+        write_pool(directory, 1, rec(b"A", b"1"))
+
+        def run(*argv: str):
+            return kvp_process(
+                "--dir",
+                directory,
+                *argv,
+                preexec_fn=_as_nobody,
+                python=python,
+                env={"PYTHONPATH": source},
+                timeout=20,
+            )
+
+        yield directory, run
+    finally:
+        shutil.rmtree(top)
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -37,75 +67,41 @@ def pools(tmp_path):
         ["list", "--json"],
     ],
 )
-def test_a_pool_directory_nobody_may_enter_is_exit_3_not_empty(argv):
-    top = tempfile.mkdtemp(prefix="kvp-nobody-")
-    try:
-        os.chmod(top, 0o755)
-        source = _readable_copy_of_the_package(top)
-        python = _python_for_nobody(source)
-        directory = os.path.join(top, "hyperv")
-        os.mkdir(directory)
-        write_pool(directory, 1, rec(b"A", b"1"))
-        os.chmod(directory, 0o700)
-        result = kvp_process(
-            "--dir",
-            directory,
-            *argv,
-            preexec_fn=_as_nobody,
-            python=python,
-            env={"PYTHONPATH": source},
-        )
-        err = result.stderr.decode()
-        assert result.returncode == 3, (result.stdout, err)
-        assert "Traceback" not in err
-        if "--json" in argv:
-            error = json.loads(err)["error"]
-            assert error["code"] == 3 and "Permission denied" in error["message"]
-        else:
-            assert f"{directory}: Permission denied" in err and "try sudo" in err
-        assert result.stdout == b""
-        assert read_pool(directory, 1) == rec(b"A", b"1")
-    finally:
-        shutil.rmtree(top)
+def test_a_pool_directory_nobody_may_enter_is_exit_3_not_empty(as_nobody, argv):
+    directory, run = as_nobody
+    os.chmod(directory, 0o700)
+    result = run(*argv)
+    err = result.stderr.decode()
+    assert result.returncode == 3, (result.stdout, err)
+    assert "Traceback" not in err
+    if "--json" in argv:
+        error = json.loads(err)["error"]
+        assert error["code"] == 3 and "Permission denied" in error["message"]
+    else:
+        assert f"{directory}: Permission denied" in err and "try sudo" in err
+    assert result.stdout == b""
+    assert read_pool(directory, 1) == rec(b"A", b"1")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 @pytest.mark.parametrize(
     "argv",
     [["get", "A"], ["list"], ["watch", "A"], ["wait", "A"], ["watch", "--json"]],
 )
-def test_a_pool_file_nobody_may_read_is_exit_3_not_absent(argv):
+def test_a_pool_file_nobody_may_read_is_exit_3_not_absent(as_nobody, argv):
     """watch and wait used to report A absent at start (a hook acting on "absent" would act
     wrongly) and then retry for ever, logging every second."""
-    top = tempfile.mkdtemp(prefix="kvp-nobody-")
-    try:
-        os.chmod(top, 0o755)
-        source = _readable_copy_of_the_package(top)
-        python = _python_for_nobody(source)
-        directory = os.path.join(top, "hyperv")
-        os.mkdir(directory)
-        write_pool(directory, 1, rec(b"A", b"1"))
-        os.chmod(os.path.join(directory, ".kvp_pool_1"), 0o600)
-        result = kvp_process(
-            "--dir",
-            directory,
-            *argv,
-            preexec_fn=_as_nobody,
-            python=python,
-            env={"PYTHONPATH": source},
-            timeout=20,
-        )
-        err = result.stderr.decode()
-        assert (result.returncode, result.stdout) == (3, b""), err
-        assert "Traceback" not in err
-        if "--json" in argv:
-            assert "Permission denied" in json.loads(err)["error"]["message"]
-        else:
-            assert err.splitlines() == [
-                f"kvp: {directory}/.kvp_pool_1: Permission denied (pools are root's: try sudo)"
-            ]
-    finally:
-        shutil.rmtree(top)
+    directory, run = as_nobody
+    os.chmod(os.path.join(directory, ".kvp_pool_1"), 0o600)
+    result = run(*argv)
+    err = result.stderr.decode()
+    assert (result.returncode, result.stdout) == (3, b""), err
+    assert "Traceback" not in err
+    if "--json" in argv:
+        assert "Permission denied" in json.loads(err)["error"]["message"]
+    else:
+        assert err.splitlines() == [
+            f"kvp: {directory}/.kvp_pool_1: Permission denied (pools are root's: try sudo)"
+        ]
 
 
 @pytest.mark.parametrize("command", ["clear", "is-stale", "list", "get", "fsck", "delete", "set"])
